@@ -1,0 +1,67 @@
+"""The network: a Keras Sequential MLP from a config, and a compiled forward pass for inference."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import digitnet  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
+
+import jax
+import keras
+import numpy as np
+
+from digitnet.config import TrainConfig
+
+N_PIXELS = 28 * 28  # MNIST images, flattened
+N_CLASSES = 10
+
+
+def build_model(config: TrainConfig) -> keras.Sequential:
+    """An uncompiled 784 -> hidden... -> 10 softmax network; no training, no side effects."""
+    keras.utils.set_random_seed(config.seed)
+    layers: list[keras.layers.Layer] = [keras.Input(shape=(N_PIXELS,), name="pixels")]
+    for i, (units, activation) in enumerate(zip(config.hidden, config.activations), start=1):
+        layers.append(keras.layers.Dense(units, activation=activation, name=f"hidden_{i}"))
+        if config.dropout > 0:
+            layers.append(keras.layers.Dropout(config.dropout, seed=config.seed + i, name=f"dropout_{i}"))
+    layers.append(keras.layers.Dense(N_CLASSES, name="output"))
+    # Softmax as a layer of its own, so training can read the logits for a numerically stable cross-entropy.
+    layers.append(keras.layers.Softmax(name="softmax"))
+    name = "mlp_" + "-".join(str(n) for n in (N_PIXELS, *config.hidden, N_CLASSES))
+    return keras.Sequential(layers, name=name)
+
+
+def layer_sizes(model: keras.Model) -> list[tuple[str, int, str]]:
+    """(name, units, activation) of the input, each Dense layer and the output, for diagrams and APIs."""
+    sizes = [("input", int(model.input_shape[-1]), "")]
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            sizes.append((layer.name, int(layer.units), keras.activations.serialize(layer.activation)))
+        elif isinstance(layer, keras.layers.Softmax):
+            sizes[-1] = (*sizes[-1][:2], "softmax")
+    return sizes
+
+
+def logits_model(model: keras.Model) -> keras.Model:
+    """The same network, sharing its variables, ending at the output layer's logits (before the softmax)."""
+    return keras.Model(model.inputs, model.get_layer("output").output, name=f"{model.name}_logits")
+
+
+def make_predict_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    """A compiled function from float32 pixels in [0, 1], shape (N, 784), to class probabilities (N, 10).
+
+    The weights are passed as arguments, not captured, so XLA compiles once per input shape.
+    Callers that serve many small requests should pad to a few fixed batch sizes.
+    """
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+
+    @jax.jit
+    def forward(trainable, non_trainable, x):
+        probs, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+        return probs
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return np.asarray(forward(trainable, non_trainable, np.asarray(x, np.float32).reshape(len(x), N_PIXELS)))
+
+    return predict

@@ -1,0 +1,334 @@
+"""Training: each epoch is one compiled JAX call over a plain Keras model, checkpointed after every epoch.
+
+Plain `model.fit` pays Python and dispatch overhead on every step, which dominates at small batches. Here the
+training split stays on the device and one jitted function shuffles it, scans over all its batches and applies
+the optimizer: `model.stateless_call` for the math and `optimizer.stateless_apply` for the update, so the model
+stays an ordinary Keras model that is built, saved, summarized and served as Keras.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import digitnet  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+from digitnet.config import TrainConfig
+from digitnet.data import Mnist, Splits, load_mnist, split_validation
+from digitnet.errors import DigitnetError
+from digitnet.model import N_PIXELS, build_model, logits_model
+
+HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+EVAL_CHUNK = 1000  # images per evaluation call: one compiled shape for validation and test alike
+RUN_FILES = ("config.json", "history.csv", "checkpoint.npz")
+
+
+class TrainingDiverged(DigitnetError):
+    """The loss became NaN or infinite; the last good weights were kept."""
+
+
+@dataclass
+class State:
+    """Everything that changes during training, as JAX arrays: the pytree the compiled epoch carries."""
+
+    trainable: list
+    non_trainable: list
+    optimizer: list
+
+    def tree(self) -> tuple:
+        return (self.trainable, self.non_trainable, self.optimizer)
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The Keras optimizer named by the config, with its learning-rate schedule."""
+    rate: Any = config.learning_rate
+    if config.schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps_per_epoch * config.epochs)
+    decay = config.weight_decay or None
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(rate, weight_decay=decay)
+    momentum = config.momentum if config.optimizer == "momentum" else 0.0
+    return keras.optimizers.SGD(rate, momentum=momentum, weight_decay=decay)
+
+
+def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> keras.Model:
+    """Attach optimizer, loss and metric so the saved model also evaluates and fine-tunes with plain Keras."""
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    optimizer.build(model.trainable_variables)
+    return model
+
+
+def initial_state(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> State:
+    return State(
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        [v.value for v in optimizer.variables],
+    )
+
+
+def store_state(model: keras.Model, optimizer: keras.optimizers.Optimizer, state: State) -> None:
+    """Write the state back into the Keras variables (before saving or predicting with Keras)."""
+    for variables, values in ((model.trainable_variables, state.trainable),
+                              (model.non_trainable_variables, state.non_trainable),
+                              (optimizer.variables, state.optimizer)):
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-sample negative log-likelihood of the true class, from logits (stable where softmax saturates)."""
+    log_probs = jax.nn.log_softmax(logits)
+    return -jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=1)[:, 0]
+
+
+def make_epoch_fn(model: keras.Model, optimizer: keras.optimizers.Optimizer, config: TrainConfig,
+                  n_train: int, batch_size: int) -> Callable:
+    """A function (state, images, labels, key) -> (state, loss, accuracy) that runs one whole epoch.
+
+    Every sample is seen once per epoch, as with `fit`: the shuffled order is padded to whole batches and the
+    padding carries weight 0, so the last, shorter batch is averaged over its real samples only.
+    """
+    steps = math.ceil(n_train / batch_size)
+    padding = steps * batch_size - n_train
+    network = logits_model(model)
+    distort = None
+    if config.augment == "elastic":
+        from digitnet.augment import distort
+
+    def train_step(state_tree, batch):
+        trainable, non_trainable, opt_vars = state_tree
+        x, y, weights, key = batch
+        if distort is not None:
+            x = distort(key, x.reshape(-1, 28, 28), config).reshape(-1, N_PIXELS)
+
+        def loss_fn(trainable):
+            logits, new_non_trainable = network.stateless_call(trainable, non_trainable, x, training=True)
+            loss = jnp.sum(weights * cross_entropy(logits, y)) / jnp.sum(weights)
+            return loss, (new_non_trainable, logits)
+
+        (loss, (non_trainable, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
+        correct = jnp.sum(weights * (jnp.argmax(logits, axis=1) == y))
+        return (trainable, non_trainable, opt_vars), (loss * jnp.sum(weights), correct)
+
+    def epoch(state_tree, images, labels, key):
+        shuffle_key, augment_key = jax.random.split(key)
+        order = jax.random.permutation(shuffle_key, n_train)
+        order = jnp.concatenate([order, order[:padding]]).reshape(steps, batch_size)
+        weights = jnp.concatenate([jnp.ones(n_train), jnp.zeros(padding)]).reshape(steps, batch_size)
+        step_keys = jax.random.split(augment_key, steps)
+
+        def step(carry, batch):
+            idx, w, k = batch
+            # Gather and scale inside the step: only one batch of float32 pixels exists at a time.
+            x = images[idx].astype(jnp.float32) / 255.0
+            return train_step(carry, (x, labels[idx], w, k))
+
+        state_tree, (losses, corrects) = jax.lax.scan(step, state_tree, (order, weights, step_keys))
+        return state_tree, jnp.sum(losses) / n_train, jnp.sum(corrects) / n_train
+
+    return jax.jit(epoch, donate_argnums=0)
+
+
+def make_eval_fn(model: keras.Model) -> Callable:
+    """A function (state, images uint8 (N, 784), labels) -> (mean loss, accuracy), compiled for one chunk size."""
+    network = logits_model(model)
+
+    @jax.jit
+    def chunk_sums(trainable, non_trainable, x, y, weights):
+        logits, _ = network.stateless_call(trainable, non_trainable, x.astype(jnp.float32) / 255.0, training=False)
+        return jnp.sum(weights * cross_entropy(logits, y)), jnp.sum(weights * (jnp.argmax(logits, axis=1) == y))
+
+    def evaluate(state: State, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+        n = len(labels)
+        padded = math.ceil(n / EVAL_CHUNK) * EVAL_CHUNK
+        x = np.zeros((padded, N_PIXELS), np.uint8)
+        x[:n] = images.reshape(n, N_PIXELS)
+        y = np.zeros(padded, np.int32)
+        y[:n] = labels
+        w = (np.arange(padded) < n).astype(np.float32)
+        loss = correct = 0.0
+        for start in range(0, padded, EVAL_CHUNK):
+            part = slice(start, start + EVAL_CHUNK)
+            chunk_loss, chunk_correct = chunk_sums(state.trainable, state.non_trainable, x[part], y[part], w[part])
+            loss, correct = loss + float(chunk_loss), correct + float(chunk_correct)
+        return loss / n, correct / n
+
+    return evaluate
+
+
+def epoch_key(seed: int, epoch: int) -> jax.Array:
+    """The random key of one epoch, from the seed and the epoch alone, so a resumed run repeats a straight one."""
+    return jax.random.fold_in(jax.random.key(seed), epoch)
+
+
+# ---------------------------------------------------------------- run folder I/O
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file and rename, so a crash or Ctrl-C never leaves a half-written file."""
+    part = path.with_name(f".{path.stem}.part{path.suffix}")
+    write(part)
+    os.replace(part, path)
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=HISTORY_KEYS)
+            writer.writeheader()
+            writer.writerows(history)
+
+    write_atomic(path, write)
+
+
+def read_history(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def save_checkpoint(path: Path, state: State, epoch: int) -> None:
+    arrays = {f"{group}_{i}": np.asarray(a) for group, values in zip(("trainable", "non_trainable", "optimizer"), state.tree())
+              for i, a in enumerate(values)}
+    write_atomic(path, lambda tmp: np.savez(tmp, epoch=epoch, **arrays))
+
+
+def load_checkpoint(path: Path, like: State) -> tuple[State, int]:
+    with np.load(path) as saved:
+        groups = [[jnp.asarray(saved[f"{group}_{i}"]) for i in range(len(values))]
+                  for group, values in zip(("trainable", "non_trainable", "optimizer"), like.tree())]
+        return State(*groups), int(saved["epoch"])
+
+
+def save_model(path: Path, model: keras.Model) -> None:
+    write_atomic(path, lambda tmp: model.save(tmp))
+
+
+def format_epoch(row: dict, epochs: int) -> str:
+    """The one fixed-format line printed per epoch; the keys are those of history.csv."""
+    return (f"epoch {row['epoch']:3d}/{epochs}  loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}  seconds {row['seconds']:.2f}")
+
+
+# ---------------------------------------------------------------- the top level
+
+
+def prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool) -> TrainConfig:
+    """Create the run folder, or check it for --resume; returns the config to train with."""
+    if resume:
+        if not (out_dir / "config.json").is_file():
+            raise DigitnetError(f"{out_dir}: not a run folder (no config.json); give the folder a training run wrote")
+        return TrainConfig.load(out_dir / "config.json")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise DigitnetError(f"{out_dir}: folder exists and is not empty; continue it with --resume {out_dir} or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config.save(out_dir / "config.json")
+    return config
+
+
+def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist | None = None,
+                       data_dir: str | Path | None = None, resume: bool = False,
+                       log: Callable[[str], None] = print) -> dict:
+    """Train a model as the config says, checkpoint every epoch, evaluate on the test set; return the metrics.
+
+    The run folder ends with config.json, history.csv, checkpoint.npz, model.keras and metrics.json.
+    """
+    out_dir = Path(out_dir)
+    config = prepare_run_dir(out_dir, config, resume)
+    data = data or load_mnist(data_dir)
+    splits = split_validation(data, config.val_size, config.seed, config.train_size)
+    trainer = Trainer(config, splits)
+    history, start = [], 1
+    if resume and (out_dir / "checkpoint.npz").is_file():
+        trainer.state, done = load_checkpoint(out_dir / "checkpoint.npz", trainer.state)
+        history, start = read_history(out_dir / "history.csv")[:done], done + 1
+        log(f"resuming {out_dir} after epoch {done}")
+    log(f"compiled in {trainer.compile_seconds:.2f} s ({trainer.steps} steps of {trainer.batch_size} per epoch)")
+    last_good = trainer.state_on_host()
+    try:
+        for epoch in range(start, config.epochs + 1):
+            row = trainer.run_epoch(epoch)
+            if not all(math.isfinite(row[k]) for k in ("loss", "val_loss")):
+                trainer.state = last_good
+                trainer.save(out_dir / "model.keras")
+                raise TrainingDiverged(
+                    f"loss became {row['loss']} in epoch {epoch}; kept the weights of the last finished epoch ({epoch - 1}) in {out_dir}; "
+                    "lower --learning-rate or choose another optimizer")
+            history.append(row)
+            last_good = trainer.state_on_host()
+            save_checkpoint(out_dir / "checkpoint.npz", last_good, epoch)
+            write_history(out_dir / "history.csv", history)
+            log(format_epoch(row, config.epochs))
+    except KeyboardInterrupt:
+        trainer.state = last_good
+        trainer.save(out_dir / "model.keras")
+        log(f"interrupted; epochs 1-{len(history)} are saved; continue with: digitnet train --resume {out_dir}")
+        raise
+    trainer.save(out_dir / "model.keras")
+    test_loss, test_accuracy = trainer.evaluate(data.test_images, data.test_labels)
+    metrics = {
+        "test_accuracy": test_accuracy, "test_loss": test_loss,
+        **({k: history[-1][k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")} if history else {}),
+        "epochs": len(history), "params": trainer.model.count_params(),
+        "train_seconds": sum(row["seconds"] for row in history), "compile_seconds": trainer.compile_seconds,
+        "n_train": len(splits.y_train), "n_val": len(splits.y_val), "n_test": len(data.test_labels),
+        "device": jax.devices()[0].device_kind, "jax": jax.__version__, "keras": keras.__version__,
+    }
+    write_atomic(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))
+    n_test = len(data.test_labels)
+    log(f"Test set: loss {test_loss:.4f}, accuracy {round(test_accuracy * n_test)}/{n_test} ({100 * test_accuracy:.2f}%)")
+    return metrics
+
+
+class Trainer:
+    """A Keras model, its optimizer and the compiled epoch and evaluation functions, for one config."""
+
+    def __init__(self, config: TrainConfig, splits: Splits):
+        self.config, self.splits = config, splits
+        n_train = len(splits.y_train)
+        self.batch_size = config.resolve_batch_size(n_train)
+        self.steps = math.ceil(n_train / self.batch_size)
+        self.model = build_model(config)
+        self.optimizer = make_optimizer(config, self.steps)
+        compile_model(self.model, self.optimizer)
+        self.state = initial_state(self.model, self.optimizer)
+        # The data lives on the device and enters the compiled function as arguments, never as constants.
+        self.images = jnp.asarray(splits.x_train.reshape(n_train, N_PIXELS))
+        self.labels = jnp.asarray(splits.y_train.astype(np.int32))
+        started = time.perf_counter()
+        epoch_fn = make_epoch_fn(self.model, self.optimizer, config, n_train, self.batch_size)
+        self.epoch_fn = epoch_fn.lower(self.state.tree(), self.images, self.labels, epoch_key(0, 0)).compile()
+        self.compile_seconds = time.perf_counter() - started
+        self.evaluate_fn = make_eval_fn(self.model)
+
+    def run_epoch(self, epoch: int) -> dict:
+        """Train one epoch and measure it; returns the history row."""
+        started = time.perf_counter()
+        tree, loss, accuracy = self.epoch_fn(self.state.tree(), self.images, self.labels, epoch_key(self.config.seed, epoch))
+        self.state = State(*tree)
+        loss, accuracy = float(loss), float(accuracy)  # waits for the device
+        val_loss, val_accuracy = self.evaluate(self.splits.x_val, self.splits.y_val)
+        return {"epoch": epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
+                "val_accuracy": val_accuracy, "seconds": time.perf_counter() - started}
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+        return self.evaluate_fn(self.state, images, labels)
+
+    def state_on_host(self) -> State:
+        """A host copy of the state: the compiled epoch donates (reuses) the device buffers."""
+        return State(*jax.tree_util.tree_map(np.asarray, self.state.tree()))
+
+    def save(self, path: Path) -> None:
+        store_state(self.model, self.optimizer, self.state)
+        save_model(path, self.model)

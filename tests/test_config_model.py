@@ -1,0 +1,84 @@
+"""Unit level: the config's rules and the model factory's shapes and parameter counts."""
+
+import keras
+import numpy as np
+import pytest
+
+from digitnet.config import ConfigError, TrainConfig, load_recipe, recipe_names
+from digitnet.model import build_model, layer_sizes, make_predict_fn
+
+
+def test_write_up_network_has_101770_parameters():
+    model = build_model(TrainConfig(hidden=(128,)))
+    assert model.count_params() == 784 * 128 + 128 + 128 * 10 + 10 == 101_770
+    assert [layer.name for layer in model.layers] == ["hidden_1", "output", "softmax"]
+    assert model.input_shape == (None, 784) and model.output_shape == (None, 10)
+
+
+def test_layers_take_their_own_width_and_activation():
+    model = build_model(TrainConfig(hidden=(64, 32, 16), activation=("tanh", "sigmoid", "linear")))
+    assert layer_sizes(model) == [("input", 784, ""), ("hidden_1", 64, "tanh"), ("hidden_2", 32, "sigmoid"),
+                                  ("hidden_3", 16, "linear"), ("output", 10, "softmax")]
+    assert model.count_params() == 784 * 64 + 64 + 64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
+
+
+def test_one_activation_applies_to_every_layer():
+    assert TrainConfig(hidden=(8, 8, 8), activation="tanh").activations == ("tanh",) * 3
+
+
+def test_predictions_are_probabilities():
+    probs = make_predict_fn(build_model(TrainConfig(hidden=(16,))))(np.random.default_rng(0).random((5, 784)))
+    assert probs.shape == (5, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_saved_model_loads_with_plain_keras(tmp_path):
+    model = build_model(TrainConfig(hidden=(32, 16), activation=("relu", "tanh")))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    x = np.random.default_rng(1).random((3, 784)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("hidden", (-5,), "hidden: got [-5]"),
+    ("hidden", (0,), "hidden: got [0]"),
+    ("activation", ("swishy",), "allowed: linear, relu, tanh, sigmoid"),
+    ("activation", ("relu", "tanh"), "one for all layers or one per layer"),
+    ("batch_size", 0, "batch_size: got 0; allowed: a whole number >= 1, or 'full'"),
+    ("batch_size", "all", "batch_size: got 'all'"),
+    ("optimizer", "rmsprop", "allowed: sgd, momentum, adam"),
+    ("learning_rate", -1.0, "learning_rate: got -1.0"),
+    ("epochs", 0, "epochs: got 0"),
+    ("dropout", 1.0, "dropout: got 1.0"),
+])
+def test_bad_values_name_the_field_and_what_is_allowed(field, value, words):
+    with pytest.raises(ConfigError, match=None) as info:
+        TrainConfig(**{field: value})
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_batch_size_resolves_the_three_descents():
+    assert TrainConfig(batch_size="full").resolve_batch_size(55_000) == 55_000  # batch descent
+    assert TrainConfig(batch_size=1).resolve_batch_size(55_000) == 1  # stochastic
+    assert TrainConfig(batch_size=128).resolve_batch_size(55_000) == 128  # mini-batch
+    assert TrainConfig(batch_size=128).resolve_batch_size(100) == 100
+
+
+def test_config_round_trips_through_json(tmp_path):
+    config = TrainConfig(hidden=(256, 64), activation=("relu", "tanh"), batch_size="full", seed=3)
+    config.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == config
+
+
+def test_unknown_config_field_is_an_error():
+    with pytest.raises(ConfigError, match="unknown config field"):
+        TrainConfig.from_dict({"hiden": [3]})
+
+
+def test_every_recipe_loads():
+    assert "default" in recipe_names()
+    for name in recipe_names():
+        assert isinstance(load_recipe(name), TrainConfig)
+    with pytest.raises(ConfigError, match="recipe: got 'nope'"):
+        load_recipe("nope")

