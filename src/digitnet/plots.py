@@ -1,0 +1,294 @@
+"""Pictures of a run: each function takes plain data and a path, saves one PNG there and returns the path.
+
+Figures are built with `matplotlib.figure.Figure`, not pyplot, so no global backend or figure registry is
+touched: drawing is safe in servers and tests, and nothing is ever shown on screen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.collections import LineCollection
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from digitnet.config import TrainConfig
+
+DPI = 120  # 120 dots per inch: sharp in a browser at 100% zoom, PNGs stay under ~200 kB
+MAX_DRAWN = 10  # a layer with more neurons is drawn as a few circles, a vertical ellipsis and its count
+HEAD, TAIL = 4, 3  # circles drawn above and below the ellipsis of a large layer
+TRAIN_COLOR, VAL_COLOR = "#1f77b4", "#ff7f0e"
+PRECISION_COLOR, RECALL_COLOR = "#4c72b0", "#dd8452"
+LAYER_COLORS = {"input": "#8c8c8c", "hidden": "#4c72b0", "output": "#dd8452"}
+ACTIVATION_NAMES = {"relu": "ReLU", "elu": "ELU", "selu": "SELU", "gelu": "GELU", "leaky_relu": "leaky ReLU", "silu": "swish"}
+
+Layer = tuple[str, int, str]  # (name, units, activation), as returned by digitnet.model.layer_sizes
+
+
+def layers_from_config(config: TrainConfig, n_pixels: int = 784, n_classes: int = 10) -> list[Layer]:
+    """The (name, units, activation) list that `build_model(config)` would have, without building it."""
+    hidden = [(f"hidden_{i}", units, act) for i, (units, act) in enumerate(zip(config.hidden, config.activations), 1)]
+    return [("input", n_pixels, ""), *hidden, ("output", n_classes, "softmax")]
+
+
+def count_params(layers: Sequence[Layer]) -> int:
+    """Weights and biases of the dense layers joining consecutive layers."""
+    return sum((fan_in + 1) * fan_out for (_, fan_in, _), (_, fan_out, _) in zip(layers, layers[1:]))
+
+
+def plot_network(layers: Sequence[Layer], path: Path, n_params: int | None = None) -> Path:
+    """The layer diagram: one column of neurons per layer, joined by their connections."""
+    n_params = count_params(layers) if n_params is None else n_params
+    fig = Figure(figsize=(max(7.0, 1.9 * len(layers) + 1.0), 6.6), dpi=DPI)
+    ax = fig.add_subplot()
+    columns = [_neuron_rows(units) for _, units, _ in layers]
+    lines = [
+        [(i, a), (i + 1, b)] for i, (left, right) in enumerate(zip(columns, columns[1:])) for a in left for b in right
+    ]
+    ax.add_collection(LineCollection(lines, colors="#9aa5b1", linewidths=0.5, alpha=0.45, zorder=1))
+    for i, (layer, rows) in enumerate(zip(layers, columns)):
+        _draw_layer(ax, i, layer, rows, _layer_kind(i, len(layers)))
+    for i, ((_, fan_in, _), (_, fan_out, _)) in enumerate(zip(layers, layers[1:])):
+        ax.text(i + 0.5, 5.4, f"{(fan_in + 1) * fan_out:,}\nparams", ha="center", va="bottom", fontsize=8, color="#666666")
+    sizes = "-".join(str(units) for _, units, _ in layers)
+    ax.set_title(f"Network {sizes}: {n_params:,} parameters (weights and biases)", fontsize=13, pad=12)
+    ax.text(
+        (len(layers) - 1) / 2, -8.1,
+        "Circles are neurons (large layers: a few, \u22ee, and the layer's size);"
+        + ("\n" if len(layers) < 5 else " ")  # narrow diagrams wrap the note rather than widen the figure
+        + "each line is a weight: every neuron feeds every neuron of the next layer.",
+        ha="center", va="top", fontsize=8.5, color="#555555", style="italic",
+    )
+    ax.set_xlim(-0.6, len(layers) - 0.4)
+    ax.set_ylim(-8.7, 6.4)
+    ax.axis("off")
+    return _save(fig, path)
+
+
+def _draw_layer(ax, x: int, layer: Layer, rows: list[float], kind: str) -> None:
+    """One column of the diagram: its circles, the ellipsis and size of a large layer, and its labels."""
+    name, units, activation = layer
+    ax.scatter([x] * len(rows), rows, s=260, facecolor="white", edgecolor=LAYER_COLORS[kind], linewidth=2, zorder=3)
+    if units > MAX_DRAWN:
+        middle = (rows[HEAD - 1] + rows[HEAD]) / 2
+        ax.text(x, middle, "\u22ee", ha="center", va="center", fontsize=22, zorder=3)
+        ax.text(x + 0.1, middle, f"{units:,}", ha="left", va="center", fontsize=9, fontweight="bold", zorder=4,
+                bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none"})
+    ax.text(x, -5.6, _layer_title(name, kind), ha="center", va="top", fontsize=11, fontweight="bold")
+    ax.text(x, -6.25, _layer_caption(units, activation, kind), ha="center", va="top", fontsize=9.5, linespacing=1.4)
+    if kind == "output" and units <= MAX_DRAWN:
+        for digit, row in enumerate(rows):
+            ax.text(x + 0.17, row, str(digit), ha="left", va="center", fontsize=8, color="#555555")
+
+
+def _neuron_rows(units: int) -> list[float]:
+    """Vertical positions of the circles drawn for a layer, centred on 0, one unit apart."""
+    if units <= MAX_DRAWN:
+        return [(units - 1) / 2 - k for k in range(units)]
+    # The empty rows between head and tail hold the ellipsis; the column is as tall as a full 10-neuron one.
+    top = (MAX_DRAWN - 1) / 2
+    return [top - k for k in range(HEAD)] + [top - (MAX_DRAWN - TAIL) - k for k in range(TAIL)]
+
+
+def _layer_kind(index: int, n_layers: int) -> str:
+    """Input, hidden or output, from the layer's place in the network."""
+    return "input" if index == 0 else "output" if index == n_layers - 1 else "hidden"
+
+
+def _layer_title(name: str, kind: str) -> str:
+    """A readable layer name: 'hidden_2' becomes 'Hidden 2'."""
+    return name.replace("_", " ").capitalize() if kind == "hidden" else kind.capitalize()
+
+
+def _layer_caption(units: int, activation: str, kind: str) -> str:
+    """The size of a layer and what its neurons compute."""
+    if kind == "input":
+        return f"{units:,} pixels\n(28\u00d728 image)" if units == 784 else f"{units:,} inputs"
+    neurons = "neuron" if units == 1 else "neurons"
+    return f"{units:,} {neurons}\n{ACTIVATION_NAMES.get(activation, activation)}"
+
+
+def plot_samples(images: np.ndarray, labels: Sequence[int], path: Path, n: int = 40, cols: int = 10) -> Path:
+    """A grid of the first n images, each titled with its label."""
+    n = min(n, len(images))
+    rows = -(-n // cols)
+    fig = Figure(figsize=(1.05 * cols, 1.2 * rows + 0.6), dpi=DPI)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            _show_digit(ax, images[k])
+            ax.set_title(f"label {int(labels[k])}", fontsize=9, pad=3)
+    fig.suptitle(f"Training images with their labels (first {n})", fontsize=12)
+    return _save(fig, path)
+
+
+def _show_digit(ax, image: np.ndarray) -> None:
+    """A digit as dark ink on white, inside a thin frame that marks the 28x28 image's edge."""
+    ax.axis("on")
+    ax.imshow(image, cmap="gray_r")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor("#cccccc")
+
+
+def _probability(p: float) -> str:
+    """A probability as a percentage that never rounds a near-certainty up to 100% or a doubt down to 0%."""
+    return ">99.9%" if p > 0.999 else "<0.1%" if p < 0.001 else f"{p:.1%}"
+
+
+def plot_curves(history: Sequence[Mapping[str, float]], path: Path) -> Path:
+    """Loss and accuracy per epoch, training against validation, from the rows of history.csv."""
+    epochs = [int(row["epoch"]) for row in history]
+    fig = Figure(figsize=(11, 4.4), dpi=DPI)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for ax, metric, label in ((loss_ax, "loss", "Loss (cross-entropy)"), (acc_ax, "accuracy", "Accuracy")):
+        for prefix, name, color in (("", "training", TRAIN_COLOR), ("val_", "validation", VAL_COLOR)):
+            values = [float(row[prefix + metric]) for row in history if row.get(prefix + metric) not in (None, "")]
+            if len(values) == len(epochs):
+                ax.plot(epochs, values, marker="o", markersize=4, color=color, label=name)
+        ax.set_title(label, fontsize=12)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    _mark_best(acc_ax, epochs, history)
+    fig.suptitle("Training curves", fontsize=13)
+    return _save(fig, path)
+
+
+def _mark_best(ax, epochs: list[int], history: Sequence[Mapping[str, float]]) -> None:
+    """Star the epoch with the best validation accuracy, the number a reader looks for first."""
+    values = [row.get("val_accuracy") for row in history]
+    if not values or any(v in (None, "") for v in values):
+        return
+    best = int(np.argmax([float(v) for v in values]))
+    label = f"best validation: {float(values[best]):.2%} (epoch {epochs[best]})"
+    ax.plot([epochs[best]], [float(values[best])], marker="*", markersize=14, color=VAL_COLOR, linestyle="none", label=label)
+    ax.legend(loc="lower right")
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], path: Path) -> Path:
+    """The test-set confusion matrix twice: counts, and each true digit's row as percentages."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    fig = Figure(figsize=(14.5, 6.6), dpi=DPI)
+    count_ax, share_ax = fig.subplots(1, 2)
+    _draw_counts(fig, count_ax, counts)
+    _draw_shares(fig, share_ax, counts)
+    for ax in (count_ax, share_ax):
+        ax.set_xticks(range(len(counts)))
+        ax.set_yticks(range(len(counts)))
+        ax.set_xlabel("predicted digit", fontsize=11)
+        ax.set_ylabel("true digit", fontsize=11)
+        ax.tick_params(length=0, labelsize=10)
+    n, correct = int(counts.sum()), int(np.trace(counts))
+    fig.suptitle(f"Confusion matrix on {n:,} test images: {correct:,} correct ({correct / max(n, 1):.2%}); blank = 0", fontsize=13)
+    return _save(fig, path)
+
+
+def _draw_counts(fig: Figure, ax, counts: np.ndarray) -> None:
+    """The confusion matrix as counts of images."""
+    # A log scale, so that a handful of mistakes still shows against ~1,000 correct answers.
+    image = ax.imshow(np.ma.masked_equal(counts, 0), cmap="Blues", norm=LogNorm(vmin=1, vmax=max(counts.max(), 2)))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="images (log scale)")
+    _annotate_cells(ax, [[f"{c:d}" if c else "" for c in row] for row in counts], image.norm(counts) > 0.6)
+    ax.set_title("Counts", fontsize=12)
+
+
+def _draw_shares(fig: Figure, ax, counts: np.ndarray) -> None:
+    """Each row as percentages: correct answers in green, mistakes in red on their own scale."""
+    shares = 100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    diagonal = np.eye(len(counts), dtype=bool)
+    # vmax above 100 keeps the usual 90-100% diagonal a mid green, under which white text stays legible.
+    ax.imshow(np.ma.masked_where(~diagonal, shares), cmap="Greens", vmin=0, vmax=140)
+    # Mistakes get their own scale, up to the largest, so that error rates of 0.1% to 2% are told apart.
+    mistakes = np.ma.masked_where(diagonal | (counts == 0), shares)
+    image = ax.imshow(mistakes, cmap="Reds", vmin=0, vmax=max(float(mistakes.max()) if mistakes.count() else 0.0, 1.0))
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="% of the true digit's images (mistakes)")
+    labels = [[_percent_label(s, c) for s, c in zip(srow, crow)] for srow, crow in zip(shares, counts)]
+    _annotate_cells(ax, labels, diagonal | (image.norm(shares) > 0.6))
+    ax.set_title("Row-normalized: % of each true digit\n(green: read correctly; red: read as another digit)", fontsize=12)
+
+
+def _percent_label(share: float, count: int) -> str:
+    """A cell's percentage with one decimal, enough to tell a single mistake (~0.1%) from none."""
+    return "" if count == 0 else "100" if share >= 99.95 else f"{share:.1f}"
+
+
+def _annotate_cells(ax, labels: list[list[str]], dark: np.ndarray) -> None:
+    """Write each cell's label, white on dark cells and black on light ones."""
+    for (i, j), is_dark in np.ndenumerate(np.asarray(dark)):
+        if labels[i][j]:
+            ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=8.5, color="white" if is_dark else "black")
+
+
+def plot_errors(
+    images: np.ndarray, labels: Sequence[int], probs: np.ndarray, path: Path, n: int = 20, cols: int = 5
+) -> Path:
+    """The n mistakes the model was most sure of, with the true label, its guess and its confidence."""
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    predicted = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probs[wrong, predicted[wrong]]
+    worst = wrong[np.argsort(-confidence, kind="stable")][:n]
+    rows = max(1, -(-len(worst) // cols))
+    fig = Figure(figsize=(2.3 * cols, 2.3 * rows + 0.7), dpi=DPI)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, k in zip(axes.flat, worst):
+        _show_digit(ax, images[k])
+        true, guess = labels[k], predicted[k]
+        ax.set_title(
+            f"true {true}, predicted {guess}\np({guess}) {_probability(probs[k, guess])}  \u00b7  p({true}) {_probability(probs[k, true])}",
+            fontsize=8.5, pad=4,
+        )
+    if not len(worst):
+        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14, transform=axes.flat[0].transAxes)
+    fig.suptitle(
+        f"The {len(worst)} most confident mistakes, of {len(wrong):,} among {len(labels):,} test images\n"
+        "p(d): the probability the model gave to digit d",
+        fontsize=12,
+    )
+    return _save(fig, path)
+
+
+def plot_per_class(
+    precision: Sequence[float], recall: Sequence[float], path: Path, accuracy: float | None = None
+) -> Path:
+    """Precision and recall of each digit as grouped bars, the y-axis zoomed to where they differ."""
+    precision, recall = np.asarray(precision, float), np.asarray(recall, float)
+    digits = np.arange(len(precision))
+    fig = Figure(figsize=(11, 4.8), dpi=DPI)
+    ax = fig.add_subplot()
+    width = 0.4
+    for offset, values, name, color in ((-width / 2, precision, "precision", PRECISION_COLOR), (width / 2, recall, "recall", RECALL_COLOR)):
+        bars = ax.bar(digits + offset, values, width, label=name, color=color)
+        ax.bar_label(bars, labels=[f"{100 * v:.1f}" for v in values], fontsize=7.5, padding=2)
+    # Start the axis a little below the weakest bar, on a round percentage, so differences of 1% are visible.
+    low = min(precision.min(), recall.min())
+    bottom = max(0.0, np.floor((low - 0.25 * (1 - low) - 0.005) * 50) / 50)
+    ax.set_ylim(bottom, 1 + 0.07 * (1 - bottom))
+    if accuracy is not None:
+        ax.axhline(accuracy, color="#555555", linestyle="--", linewidth=1, label=f"overall accuracy {accuracy:.2%}")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0 if 1 - bottom >= 0.05 else 1))
+    ax.set_yticks([t for t in ax.get_yticks() if bottom <= t <= 1.0])
+    ax.set_xticks(digits)
+    ax.set_xlabel("digit", fontsize=11)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
+    ax.set_title(f"Precision and recall per digit on the test set, in % (the y-axis starts at {bottom:.0%})", fontsize=12)
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Write the figure as a PNG, creating its folder, and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight", facecolor="white")
+    return path

@@ -1,0 +1,92 @@
+"""End to end through the command line, as a user runs it: one short epoch in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from digitnet.train import read_history
+
+SMALL_FLAGS = ["--train-size", "2000", "--val-size", "500", "--hidden", "32", "--batch-size", "32"]
+
+
+def digitnet(*args: str, mnist_dir: Path, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DIGITNET_DATA": str(mnist_dir)}
+    return subprocess.run([sys.executable, "-m", "digitnet.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300, **kwargs)
+
+
+def test_train_then_evaluate(tmp_path, mnist_dir):
+    run = tmp_path / "run"
+    done = digitnet("train", *SMALL_FLAGS, "--epochs", "1", "--out", str(run), mnist_dir=mnist_dir)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("epoch   1/1  loss ") and " val_accuracy " in line and " seconds " in line for line in lines)
+    assert lines[-1].startswith("Test set: loss ") and "/10000 (" in lines[-1]
+    assert {"config.json", "history.csv", "metrics.json", "model.keras"} <= {p.name for p in run.iterdir()}
+    assert json.loads((run / "config.json").read_text())["hidden"] == [32]
+
+    done = digitnet("evaluate", str(run), mnist_dir=mnist_dir)
+    assert done.returncode == 0, done.stderr
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["n"] == 10000 and len(evaluation["confusion_matrix"]) == 10
+    assert sum(map(sum, evaluation["confusion_matrix"])) == 10000
+    assert f"{evaluation['accuracy'] * 100:.2f}%" in done.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert abs(metrics["test_accuracy"] - evaluation["accuracy"]) < 1e-9
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--hidden", "-4"], "hidden: got [-4]"),
+    (["--activation", "softsign2"], "activation: got 'softsign2'; allowed: linear, relu, tanh, sigmoid"),
+    (["--batch-size", "0"], "batch_size: got 0"),
+    (["--batch-size", "many"], "batch_size: got 'many'"),
+    (["--optimizer", "lbfgs"], "optimizer: got 'lbfgs'"),
+    (["--recipe", "nope"], "recipe: got 'nope'"),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, mnist_dir, flags, words):
+    done = digitnet("train", *flags, "--out", str(tmp_path / "run"), mnist_dir=mnist_dir)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and words in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_data_dir_is_one_line_error(tmp_path, mnist_dir):
+    done = digitnet("data", "--data-dir", str(tmp_path), mnist_dir=mnist_dir)
+    assert done.returncode == 2 and "missing train-images-idx3-ubyte" in done.stderr
+    assert done.stderr.strip().count("\n") == 0
+
+
+def test_killed_run_resumes_to_the_straight_result(tmp_path, mnist_dir):
+    flags = [*SMALL_FLAGS, "--epochs", "4", "--train-size", "6000"]
+    straight = digitnet("train", *flags, "--out", str(tmp_path / "straight"), mnist_dir=mnist_dir)
+    assert straight.returncode == 0, straight.stderr
+
+    run = tmp_path / "killed"
+    env = {**os.environ, "DIGITNET_DATA": str(mnist_dir)}
+    process = subprocess.Popen([sys.executable, "-m", "digitnet.cli", "train", *flags, "--out", str(run)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "history.csv").is_file():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(read_history(run / "history.csv"))
+    assert 1 <= finished <= 4
+    resumed = digitnet("train", "--resume", str(run), mnist_dir=mnist_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.splitlines()[-1] == straight.stdout.splitlines()[-1]  # same test loss and accuracy
+    assert read_history(run / "history.csv")[-1]["loss"] == read_history(tmp_path / "straight/history.csv")[-1]["loss"]
+
+
+def test_help_states_defaults():
+    done = subprocess.run([sys.executable, "-m", "digitnet.cli", "train", "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0 and "(default: [128])" in done.stdout and "(default: 128)" in done.stdout
