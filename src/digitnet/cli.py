@@ -162,6 +162,52 @@ def report(
     print(f"plots:  {page.parent / 'plots'} ({', '.join(sorted(p.name for p in (page.parent / 'plots').glob('*.png')))})")
 
 
+@app.command()
+def sweep(
+    sweep_dir: Annotated[Path, typer.Argument(metavar="SWEEP_DIR", help="Folder for sweep.json, results.csv, runs/, summary.md and sweep.png; run the same command again to continue a stopped sweep.")],
+    width: Annotated[Optional[list[int]], typer.Option(help="Neurons per hidden layer; repeat for each width of the grid. (default: 16 32 64 128 256 512 1024)", show_default=False)] = None,
+    depth: Annotated[Optional[list[int]], typer.Option(help="Hidden layers; repeat for each depth of the grid. (default: 1 2 3)", show_default=False)] = None,
+    activation: Annotated[Optional[list[str]], typer.Option(help=f"Activation of all hidden layers; repeat to sweep over it: {', '.join(ACTIVATIONS)}. (default: relu)", show_default=False)] = None,
+    batch_size: Annotated[Optional[list[str]], typer.Option(help=f"Samples per update; repeat to sweep over the descent: 1 = stochastic, k = mini-batch, 'full' = batch. (default: {DEFAULTS.batch_size})", show_default=False)] = None,
+    seeds: Annotated[int, typer.Option(help="Trials per cell, with seeds 0 .. N-1; the table reports their mean and std.")] = 3,
+    optimizer: Annotated[Optional[str], typer.Option(help=f"{', '.join(OPTIMIZERS)}. (default: {DEFAULTS.optimizer})", show_default=False)] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help=f"Peak step size. (default: {DEFAULTS.learning_rate})", show_default=False)] = None,
+    momentum: Annotated[Optional[float], typer.Option(help=f"Momentum of the momentum optimizer. (default: {DEFAULTS.momentum})", show_default=False)] = None,
+    schedule: Annotated[Optional[str], typer.Option(help=f"{', '.join(SCHEDULES)}. (default: {DEFAULTS.schedule})", show_default=False)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help=f"Decoupled weight decay. (default: {DEFAULTS.weight_decay})", show_default=False)] = None,
+    dropout: Annotated[Optional[float], typer.Option(help=f"Dropout after each hidden layer. (default: {DEFAULTS.dropout})", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help=f"Passes over the training split. (default: {DEFAULTS.epochs})", show_default=False)] = None,
+    val_size: Annotated[Optional[int], typer.Option(help=f"Training images held out for validation. (default: {DEFAULTS.val_size})", show_default=False)] = None,
+    train_size: Annotated[Optional[int], typer.Option(help="Train on only the first N images of the training split. (default: all)", show_default=False)] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="Base the trials on a named recipe (flags given override it). See `digitnet train --list-recipes`.")] = None,
+    workers: Annotated[int, typer.Option(help="Trials run at once, each in its own process pinned to its share of the cores; with --ray local, the CPUs of the Ray instance.")] = 1,
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run the trials as Ray Tune trials on the Ray cluster at ADDRESS (host:port, 'auto'), or 'local' to start one here. Needs: pip install 'digitnet\\[ray]'.")] = None,
+    cpus_per_trial: Annotated[float, typer.Option(help="CPUs Ray reserves for each trial.")] = 1.0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue SWEEP_DIR with the grid and config saved in its sweep.json; give no grid or training flags.")] = False,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Train a grid of networks (width x depth, optionally activation and batch size) over several seeds; report mean and spread."""
+    # Imported here so that `digitnet --help` does not wait for the sweep's dependencies to load.
+    from digitnet.sweep import SWEEP_FILE, SweepConfig, run_sweep
+
+    flags = {"optimizer": optimizer, "learning_rate": learning_rate, "momentum": momentum, "schedule": schedule,
+             "weight_decay": weight_decay, "dropout": dropout, "epochs": epochs, "val_size": val_size,
+             "train_size": train_size}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if resume:
+        if overrides or recipe or width or depth or activation or batch_size:
+            raise ConfigError("--resume continues a sweep with its saved sweep.json; give no grid or training flags")
+        if not (sweep_dir / SWEEP_FILE).is_file():
+            raise ConfigError(f"{sweep_dir}: no {SWEEP_FILE} to resume; give the folder a sweep wrote")
+        grid = SweepConfig.load(sweep_dir / SWEEP_FILE)
+    else:
+        base = TrainConfig.from_dict({**(load_recipe(recipe) if recipe else DEFAULTS).to_dict(), **overrides})
+        grid = SweepConfig(widths=tuple(width or SweepConfig.widths), depths=tuple(depth or SweepConfig.depths),
+                           activations=tuple(activation or ()), batch_sizes=tuple(parse_batch_size(b) for b in batch_size or ()),
+                           seeds=tuple(range(seeds)), base=base)
+    run_sweep(grid, sweep_dir, workers=workers, ray_address=ray, cpus_per_trial=cpus_per_trial, data_dir=data_dir)
+
+
 def main() -> None:
     """Entry point: a DigitnetError becomes one line on stderr and exit code 2."""
     try:

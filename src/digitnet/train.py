@@ -267,8 +267,9 @@ def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist 
                     "lower --learning-rate or choose another optimizer")
             history.append(row)
             last_good = trainer.state_on_host()
-            save_checkpoint(out_dir / "checkpoint.npz", last_good, epoch)
+            # History first: a resume trims it to the checkpoint's epoch, so a kill between the two is harmless.
             write_history(out_dir / "history.csv", history)
+            save_checkpoint(out_dir / "checkpoint.npz", last_good, epoch)
             log(format_epoch(row, config.epochs))
     except KeyboardInterrupt:
         trainer.state = last_good
