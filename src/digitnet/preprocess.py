@@ -1,0 +1,426 @@
+"""Turn a user's photo, scan or canvas drawing into an MNIST-style 28x28 input.
+
+MNIST's digits are white on black, their ink bounding box scaled (antialiased) so its longest side is
+20 pixels, then placed in a 28x28 frame so their center of mass sits at pixel (14, 14) (LeCun et al.,
+"The MNIST database"). A network trained on them reads only inputs made the same way; `to_mnist`
+does that to anything a user may send: dark or light ink, coloured ink, tinted or unevenly lit paper,
+transparent canvas exports, 8x8 thumbnails and 50-megapixel photos.
+
+    pixels = preprocess("photo.jpg")                       # (28, 28) float32 in [0, 1]
+    probs = make_predict_fn(model)(pixels.reshape(1, 784))  # digitnet.model
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps
+
+from digitnet.errors import DigitnetError
+
+# 50 million pixels: a 48-megapixel phone photo (8064 x 6048) still passes, and decoded as RGB it takes
+# at most 150 MB. Pillow's own guard only warns from 89 million and refuses from 179 million, which
+# lets a 100-byte PNG claiming 13,000 x 13,000 pixels make a server allocate half a gigabyte.
+MAX_PIXELS = 50_000_000
+
+FRAME = 28  # MNIST's image side, pixels
+BOX = 20  # the side of the box each MNIST digit was scaled into, pixels
+CENTER = 14.0  # where MNIST puts the center of mass (row and column index; measured mean 14.00 +- 0.29)
+WORK_SIDE = 512  # long side of the working copy, pixels: a digit 10% of a photo's height keeps 50 rows
+MIN_WORK_SIDE = 84  # tiny images (8x8 thumbnails) are enlarged to this so the filters have room
+BACKGROUND_SIDE = 64  # long side of the copy on which the paper's shading is fitted, pixels
+BACKGROUND_ROUNDS = 8  # reweighted fits of the shading: on photos the weights stop changing after 6 to 8
+BACKGROUND_ASYMMETRY = 0.02  # weight of a pixel darker than the surface, against 0.98 for one lighter
+MIN_CONTRAST = 0.08  # ink must differ from the paper by this much (of full scale), else the image is blank
+NOISE_SIGMAS = 5.0  # a pixel is ink candidate only this many noise deviations above the paper
+MIN_NOISE_FLOOR = 0.03  # ... and at least this far: 8-bit quantisation and JPEG ringing
+INK_LOW, INK_HIGH = 0.3, 0.7  # fractions of the ink contrast mapped to 0 and 1: a soft threshold
+PIECE_GRID_SIDE = 128  # long side of the grid on which ink is split into connected pieces, pixels
+STROKE_TARGET = 1.9  # MNIST's mean stroke width, pixels of the 28x28 frame (2 x area / outline, 500 test digits)
+MAX_THINNING = 0.5  # the largest share of a heavy stroke's width that thinning may take away
+MIN_PIECE = 0.1  # pieces with less area than this fraction of the largest one are specks, dropped
+FRAME_SPAN = 0.9  # a piece on the border spanning this share of the image is a line or an edge, not ink
+MIN_DIGIT_SPAN = 0.05  # ... when a piece clear of the border spans this share of the long side
+
+_RGB_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "HSV")
+_ALPHA_MODES = ("LA", "PA", "RGBA", "RGBa")
+_DEEP_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # 16/32-bit greyscale (scientific scans, TIFF)
+_MODES = _RGB_MODES + _ALPHA_MODES + _DEEP_MODES
+
+
+class ImageError(DigitnetError, ValueError):
+    """The input is not an image digitnet can read; the message says what is wrong and what to do."""
+
+
+def load_image(source: bytes | str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image from bytes or a path, upright as its EXIF orientation says.
+
+    Animated images give their first frame. Raises ImageError, with a one-line message, for anything
+    that is not a whole, readable image of at most MAX_PIXELS pixels in a supported mode.
+    """
+    fp, name = _as_file(source)
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 89 and 179 million pixels; treat that as the bomb it may be.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp) as opened:
+                _check_size(opened.size, name)
+                opened.load()
+                # A decoded copy, turned upright; the file (kept open by animated images) closes here.
+                image = ImageOps.exif_transpose(opened)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name} is too large to decode safely; scale it down to at most {MAX_PIXELS:,} pixels") from None
+    except FileNotFoundError:
+        raise ImageError(f"cannot read {name}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"cannot read {name}: it is a folder, not an image file") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name} is not an image Pillow can read; send a PNG, JPEG, GIF, BMP, TIFF or WebP file") from None
+    except Exception as err:  # noqa: BLE001 - decoders of untrusted bytes raise many types (OSError, SyntaxError, struct.error ...)
+        raise ImageError(f"{name} is truncated or corrupt ({_one_line(err)}); save it again or send another file") from None
+    if image.mode not in _MODES:
+        raise ImageError(f"{name} has unsupported image mode {image.mode!r}; save it as an RGB or greyscale PNG or JPEG")
+    return image
+
+
+def to_mnist(image: Image.Image) -> np.ndarray:
+    """The image as MNIST would have it: (28, 28) float32 in [0, 1], a white digit on black.
+
+    Steps, each to match how MNIST was made or to undo what a camera or canvas adds:
+
+    1. Work on a version whose long side is at most WORK_SIDE (huge photos stay fast) and at least
+       MIN_WORK_SIDE (tiny thumbnails leave room for the filters).
+    2. Composite transparency onto the colour that nothing should have: white under dark strokes,
+       black under light ones (a canvas export), the paper's own colour under a transparent border.
+    3. Find the polarity: the ink is whichever of darker or lighter than the typical colour deviates
+       more; light ink on dark is inverted, so the rest of the steps see dark ink on light paper.
+    4. Estimate the paper's colour at each pixel (a smooth surface fitted above the ink keeps tints,
+       gradients and vignetting) and measure ink as the largest drop below it over the three
+       channels, so blue, red or yellow ink stays as strong as black.
+    5. Threshold softly above the noise level and stretch, so the strokes are 1 and the paper 0.
+    6. Keep the digit's connected pieces: drop specks, and margin lines or table edges that run
+       along the border while a digit stands clear of it.
+    7. Crop to the ink and bring hairlines and heavy strokes towards MNIST's stroke width.
+    8. Scale the longest side to 20 pixels (antialiased, aspect kept) and place the digit in the
+       28x28 frame with its center of mass at (14, 14).
+
+    An image with no ink (blank, or contrast below MIN_CONTRAST) gives all zeros.
+    """
+    rgb = _flatten_alpha(*_as_arrays(_working_copy(image)))
+    if _light_ink(rgb):
+        rgb = 1.0 - rgb
+    ink = _digit_pieces(_stretch(_ink_strength(rgb)))
+    if not ink.any():
+        return np.zeros((FRAME, FRAME), np.float32)
+    return _place_by_mass(_fit_box(_normalise_stroke(_crop(ink))))
+
+
+def preprocess(source: bytes | str | os.PathLike) -> np.ndarray:
+    """Load an image from bytes or a path and return MNIST's (28, 28) float32 input for it."""
+    return to_mnist(load_image(source))
+
+
+# Loading ---------------------------------------------------------------------------------------------
+
+
+def _as_file(source: bytes | str | os.PathLike) -> tuple[io.BytesIO | str | os.PathLike, str]:
+    """A file Pillow can open, and a name for it in messages."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageError("the image is empty (0 bytes); send a PNG or JPEG file")
+        return io.BytesIO(source), "the image"
+    if isinstance(source, (str, os.PathLike)):
+        return source, f"image {os.fspath(source)!r}"
+    raise TypeError(f"source must be bytes or a path, not {type(source).__name__}")
+
+
+def _check_size(size: tuple[int, int], name: str) -> None:
+    """Refuse, before decoding, an image whose header claims more than MAX_PIXELS pixels."""
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageError(f"{name} is empty ({width}x{height} pixels); send an image with a digit in it")
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"{name} is too large: {width}x{height} is {width * height / 1e6:.0f} million pixels, over the "
+            f"limit of {MAX_PIXELS / 1e6:.0f} million; scale it down first"
+        )
+
+
+def _one_line(err: Exception) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# Colour ----------------------------------------------------------------------------------------------
+
+
+def _working_copy(image: Image.Image) -> Image.Image:
+    """The image in RGB, RGBA or F mode, its long side between MIN_WORK_SIDE and WORK_SIDE (never altered in place)."""
+    if image.mode not in _MODES:
+        raise ImageError(f"unsupported image mode {image.mode!r}; use an RGB or greyscale image")
+    has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
+    mode = "F" if image.mode in _DEEP_MODES else "RGBA" if has_alpha else "RGB"
+    # Palettes, bilevel and 16-bit images only resample by nearest neighbour, and a transparent colour
+    # key is lost in resampling: convert those first. Others shrink first, sparing a full-size copy.
+    if image.mode in ("1", "P", "PA", "RGBa") + _DEEP_MODES or "transparency" in image.info:
+        image = image.convert(mode)
+    width, height = image.size
+    long_side = max(width, height)
+    target = min(max(long_side, MIN_WORK_SIDE), WORK_SIDE)
+    if target != long_side:
+        scale = target / long_side
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        # Shrinking: Lanczos after integer box reduction (reducing_gap), fast on 50-megapixel photos.
+        # Enlarging a thumbnail: bilinear, which adds no ringing around its few big pixels.
+        resample = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR
+        image = image.resize(size, resample, reducing_gap=2.0 if scale < 1 else None)
+    return image.convert(mode) if image.mode != mode else image
+
+
+def _as_arrays(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Colour (H, W, 3) and alpha (H, W) or None, as float32 in [0, 1]."""
+    pixels = np.asarray(image, np.float32)
+    if image.mode == "F":
+        # 16-bit scans use 0..65535, 8-bit values stored deep use 0..255, float TIFFs 0..1.
+        top = pixels.max(initial=0.0)
+        scale = 65535.0 if top > 255 else 255.0 if top > 1 else 1.0
+        grey = np.clip(pixels / scale, 0.0, 1.0)
+        return np.repeat(grey[:, :, None], 3, axis=2), None
+    pixels /= 255.0
+    if image.mode == "RGBA":
+        return pixels[:, :, :3], pixels[:, :, 3]
+    return pixels, None
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma, as Pillow's convert("L")."""
+    return 0.299 * rgb[:, :, 0] + 0.587 * rgb[:, :, 1] + 0.114 * rgb[:, :, 2]
+
+
+def _flatten_alpha(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """Composite onto the colour that transparent pixels should have.
+
+    A canvas export has opaque strokes on a transparent background whose stored colour is arbitrary
+    (often black, so black strokes vanish): the backdrop must contrast with the strokes, white under
+    dark ones and black under light ones. When most of the image is opaque, the opaque part holds
+    the paper too, and a transparent border should take the paper's colour.
+    """
+    if alpha is None or alpha.min() >= 0.99:
+        return rgb
+    coverage = float(alpha.mean())
+    if coverage == 0.0:
+        return np.ones_like(rgb)
+    if coverage > 0.5:
+        backdrop = np.median(rgb[alpha > 0.5], axis=0)
+    else:
+        stroke_level = float((_luminance(rgb) * alpha).sum() / alpha.sum())
+        backdrop = np.full(3, 1.0 if stroke_level < 0.5 else 0.0, np.float32)
+    a = alpha[:, :, None]
+    return rgb * a + backdrop * (1.0 - a)
+
+
+def _light_ink(rgb: np.ndarray) -> bool:
+    """Whether the ink is lighter than the paper: the lighter tail deviates more than the darker one."""
+    sample = rgb[::2, ::2]  # a quarter of the pixels is plenty for a median and a tail
+    typical = np.median(sample.reshape(-1, 3), axis=0)
+    darker = (typical - sample).max(axis=2)
+    lighter = (sample - typical).max(axis=2)
+    # The 99.9th percentile is ink for any digit covering over 0.1% of the image, and ignores a few
+    # hot pixels; on white paper only dark ink can deviate far, on a blackboard only light ink.
+    return bool(np.percentile(lighter, 99.9) > np.percentile(darker, 99.9))
+
+
+def _paper(rgb: np.ndarray) -> np.ndarray:
+    """The paper's colour at each pixel, strokes left out, tints, gradients and vignetting kept: (H, W, 3).
+
+    A quadratic surface per channel, fitted to a small copy by asymmetric least squares (Eilers and
+    Boelens 2005, as for the baselines of spectra): it follows the paper's shading and stays above the ink.
+    """
+    height, width, _ = rgb.shape
+    scale = BACKGROUND_SIDE / max(height, width)
+    small_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = np.stack(
+        [np.asarray(Image.fromarray(rgb[:, :, c], "F").resize(small_size, Image.Resampling.BOX)) for c in range(3)], axis=2
+    ).reshape(-1, 3)
+    basis = _quadratic_basis(small_size[1], small_size[0])
+    weights = np.ones(len(small), np.float32)
+    for _ in range(BACKGROUND_ROUNDS):
+        # Weighted normal equations with einsum rather than lstsq or @: threaded BLAS on such small
+        # matrices costs tens of milliseconds when the machine is busy, plain loops well under one.
+        gram = np.einsum("ni,nj,n->ij", basis, basis, weights)
+        coef = np.linalg.solve(gram, np.einsum("ni,nc,n->ic", basis, small, weights))
+        fitted = np.einsum("ni,ic->nc", basis, coef)
+        # Asymmetric least squares: pixels darker than the surface (ink, or noise) barely count,
+        # so it rises to the paper whatever share of the image the digit covers.
+        darker = (fitted - small).mean(axis=1) > 0
+        weights = np.where(darker, BACKGROUND_ASYMMETRY, 1.0 - BACKGROUND_ASYMMETRY).astype(np.float32)
+    # The surface is smooth, so bilinear enlargement of its small copy is exact to a thousandth.
+    surface = fitted.reshape(small_size[1], small_size[0], 3).astype(np.float32)
+    return np.stack(
+        [np.asarray(Image.fromarray(surface[:, :, c], "F").resize((width, height), Image.Resampling.BILINEAR)) for c in range(3)],
+        axis=2,
+    )
+
+
+def _quadratic_basis(height: int, width: int) -> np.ndarray:
+    """The terms 1, x, y, x^2, xy, y^2 at each pixel of a height x width grid, x and y in [-1, 1]: (H*W, 6)."""
+    y, x = np.meshgrid(np.linspace(-1, 1, height, dtype=np.float32), np.linspace(-1, 1, width, dtype=np.float32), indexing="ij")
+    x, y = x.ravel(), y.ravel()
+    return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
+
+
+def _ink_strength(rgb: np.ndarray) -> np.ndarray:
+    """How far each pixel drops below the paper in its most absorbing channel: (H, W), about 0 on paper."""
+    return (_paper(rgb) - rgb).max(axis=2)
+
+
+def _stretch(strength: np.ndarray) -> np.ndarray:
+    """Map paper to 0 and strokes to 1 with a soft threshold set from the noise and the ink's level."""
+    paper_level = float(np.median(strength))
+    noise = 1.4826 * float(np.median(np.abs(strength - paper_level)))
+    floor = paper_level + max(NOISE_SIGMAS * noise, MIN_NOISE_FLOOR)
+    candidates = strength[strength > floor]
+    if candidates.size == 0:
+        return np.zeros_like(strength)
+    contrast = float(np.percentile(candidates, 90)) - paper_level
+    if contrast < MIN_CONTRAST:
+        return np.zeros_like(strength)
+    low = max(paper_level + INK_LOW * contrast, floor)
+    high = max(paper_level + INK_HIGH * contrast, low + 1e-3)
+    return np.clip((strength - low) / (high - low), 0.0, 1.0)
+
+
+# Shape -----------------------------------------------------------------------------------------------
+
+
+def _label(mask: np.ndarray) -> np.ndarray:
+    """Connected pieces (8-neighbour) of a boolean mask: 0 off the mask, else the piece's smallest flat index + 1."""
+    height, width = mask.shape
+    outside = mask.size + 1
+    labels = np.where(mask, np.arange(1, mask.size + 1).reshape(mask.shape), outside)
+    while True:
+        padded = np.pad(labels, 1, constant_values=outside)
+        neighbours = np.min(
+            [padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)], axis=0
+        )
+        merged = np.where(mask, neighbours, outside)
+        # Pointer jumping: a label names a pixel of the same piece; taking that pixel's label halves
+        # the distance to the piece's smallest index, so long snaking strokes converge in few rounds.
+        flat = np.append(merged.ravel(), outside)
+        merged = np.where(mask, np.minimum(merged, flat[merged - 1]), outside)
+        if np.array_equal(merged, labels):
+            return np.where(mask, labels, 0)
+        labels = merged
+
+
+def _digit_pieces(ink: np.ndarray) -> np.ndarray:
+    """Keep the digit's connected pieces of ink; drop specks, and lines or edges that run across the image.
+
+    A piece touching the image's border and spanning most of its width or height is a notebook's
+    margin line, a table's edge or a shadow, when the image also holds a digit-sized piece clear of
+    the border; a piece with under MIN_PIECE of the largest remaining piece's area is a speck.
+    """
+    if not ink.any():
+        return ink
+    height, width = ink.shape
+    block = max(1, -(-max(height, width) // PIECE_GRID_SIDE))
+    # Pieces are found on a coarse grid (max-pooled, so thin strokes stay joined) to keep this cheap.
+    padded = np.pad(ink, ((0, -height % block), (0, -width % block)))
+    coarse = padded.reshape(padded.shape[0] // block, block, padded.shape[1] // block, block).max(axis=(1, 3))
+    labels = _label(coarse > 0.5)
+    pieces, area, top, bottom, left, right = _piece_boxes(labels)
+    if pieces.size == 0:
+        return np.zeros_like(ink)
+    rows, cols = labels.shape
+    on_border = (top == 0) | (left == 0) | (bottom == rows - 1) | (right == cols - 1)
+    spans = (bottom - top + 1 >= FRAME_SPAN * rows) | (right - left + 1 >= FRAME_SPAN * cols)
+    digit_sized = np.maximum(bottom - top, right - left) + 1 >= MIN_DIGIT_SPAN * max(rows, cols)
+    candidate = ~(on_border & spans) if (~on_border & digit_sized).any() else np.ones_like(on_border)
+    kept = pieces[candidate & (area >= MIN_PIECE * area[candidate].max())]
+    # Let the antialiased rim of a kept piece through: grow the mask by one coarse cell.
+    keep = Image.fromarray(np.isin(labels, kept).astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(3))
+    full = np.repeat(np.repeat(np.asarray(keep) > 0, block, axis=0), block, axis=1)[:height, :width]
+    return np.where(full, ink, 0.0).astype(np.float32)
+
+
+def _piece_boxes(labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each piece's label, area and bounding box (top, bottom, left, right, inclusive) as arrays."""
+    rows, cols = np.nonzero(labels)
+    pieces, index, area = np.unique(labels[rows, cols], return_inverse=True, return_counts=True)
+    top, left = np.full(pieces.size, labels.shape[0]), np.full(pieces.size, labels.shape[1])
+    bottom, right = np.zeros(pieces.size, int), np.zeros(pieces.size, int)
+    np.minimum.at(top, index, rows)
+    np.maximum.at(bottom, index, rows)
+    np.minimum.at(left, index, cols)
+    np.maximum.at(right, index, cols)
+    return pieces, area, top, bottom, left, right
+
+
+def _crop(ink: np.ndarray) -> np.ndarray:
+    """The smallest rectangle holding all the ink."""
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _stroke_width(ink: np.ndarray) -> float:
+    """Mean stroke width in pixels: twice the inked area over its outline's length (a stroke is a long thin band)."""
+    mask = ink > 0.5
+    outline = np.count_nonzero(mask[1:] != mask[:-1]) + np.count_nonzero(mask[:, 1:] != mask[:, :-1])
+    outline += np.count_nonzero(mask[[0, -1]]) + np.count_nonzero(mask[:, [0, -1]])
+    return 2.0 * np.count_nonzero(mask) / max(outline, 1)
+
+
+def _normalise_stroke(digit: np.ndarray) -> np.ndarray:
+    """Thicken hairlines and thin heavy strokes towards MNIST's width, as it will be once scaled to the box.
+
+    A network trained on MNIST reads a fine-pen digit, 1 pixel wide after scaling, far worse than the
+    same digit at MNIST's 2 pixels; a marker's or an 8x8 thumbnail's blobs read worse too.
+    """
+    width = _stroke_width(digit)
+    change = STROKE_TARGET * max(digit.shape) / BOX - width  # pixels of width to add, or remove, at this scale
+    if change < 0:
+        change = max(change, -MAX_THINNING * width)  # thin no more than this, or narrow parts vanish
+    # A max (min) filter of odd size k adds (removes) k - 1 pixels: within a pixel of the target, none.
+    size = 2 * round(abs(change) / 2) + 1
+    if size < 3:
+        return digit
+    image = Image.fromarray(np.pad(digit, size).astype(np.float32), "F")
+    image = image.filter(ImageFilter.MaxFilter(size) if change > 0 else ImageFilter.MinFilter(size))
+    changed = np.asarray(image, np.float32)
+    return _crop(changed) if changed.max() > 0.5 else digit
+
+
+def _fit_box(digit: np.ndarray) -> np.ndarray:
+    """Scale so the longest side is BOX pixels, keeping the aspect ratio, antialiased."""
+    height, width = digit.shape
+    scale = BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resample = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR
+    scaled = Image.fromarray(digit.astype(np.float32), "F").resize(size, resample, reducing_gap=2.0 if scale < 1 else None)
+    return np.clip(np.asarray(scaled, np.float32), 0.0, 1.0)
+
+
+def _place_by_mass(digit: np.ndarray) -> np.ndarray:
+    """Put the digit in a 28x28 frame so its center of mass lands on (14, 14), as MNIST did.
+
+    The shift is rounded to whole pixels (MNIST's centers spread +-0.3 pixel) and limited so that no
+    ink leaves the frame.
+    """
+    height, width = digit.shape
+    mass = float(digit.sum())
+    if mass <= 0:
+        return np.zeros((FRAME, FRAME), np.float32)
+    center_row = float((digit.sum(axis=1) * np.arange(height)).sum() / mass)
+    center_col = float((digit.sum(axis=0) * np.arange(width)).sum() / mass)
+    top = int(np.clip(round(CENTER - center_row), 0, FRAME - height))
+    left = int(np.clip(round(CENTER - center_col), 0, FRAME - width))
+    frame = np.zeros((FRAME, FRAME), np.float32)
+    frame[top : top + height, left : left + width] = digit
+    return frame

@@ -1,0 +1,305 @@
+"""digitnet.preprocess: photos, scans and canvas drawings become MNIST's 28x28 white-on-black inputs."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageOps
+
+from digitnet.errors import DigitnetError
+from digitnet.preprocess import MAX_PIXELS, ImageError, load_image, preprocess, to_mnist
+
+MNIST_DIR = Path(__file__).parents[1].parent / "shared/data/mnist"
+BLACK, WHITE = (0, 0, 0), (255, 255, 255)
+
+
+def draw_two(size=(200, 200), ink=BLACK, paper=WHITE, mode="RGB", box=(0.25, 0.15, 0.75, 0.85)) -> Image.Image:
+    """A thick, asymmetric '2' (an arc, a diagonal and a base) drawn inside a fraction of the image."""
+    width, height = size
+    left, top, right, bottom = box[0] * width, box[1] * height, box[2] * width, box[3] * height
+    pen = max(1, round(0.12 * (bottom - top)))
+    image = Image.new(mode, size, paper)
+    draw = ImageDraw.Draw(image)
+    mid = top + 0.45 * (bottom - top)
+    draw.arc((left, top, right, mid + 0.1 * (bottom - top)), start=180, end=30, fill=ink, width=pen)
+    draw.line((right - 0.05 * (right - left), mid - 0.05 * (bottom - top), left, bottom - pen / 2), fill=ink, width=pen)
+    draw.line((left, bottom - pen / 2, right, bottom - pen / 2), fill=ink, width=pen)
+    return image
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def center_of_mass(pixels: np.ndarray) -> tuple[float, float]:
+    rows, cols = np.mgrid[0 : pixels.shape[0], 0 : pixels.shape[1]]
+    return float((pixels * rows).sum() / pixels.sum()), float((pixels * cols).sum() / pixels.sum())
+
+
+def ink_box(pixels: np.ndarray) -> tuple[int, int]:
+    """Height and width of the smallest rectangle holding every pixel above zero."""
+    rows, cols = np.flatnonzero(pixels.any(axis=1)), np.flatnonzero(pixels.any(axis=0))
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+def assert_same_digit(a: np.ndarray, b: np.ndarray, mean_tol: float = 0.03, max_tol: float = 0.35) -> None:
+    """Two 28x28 inputs agree pixel by pixel up to antialiasing differences along the strokes."""
+    difference = np.abs(a - b)
+    assert difference.mean() < mean_tol, f"mean difference {difference.mean():.3f}"
+    assert difference.max() < max_tol, f"largest difference {difference.max():.3f}"
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    """The clean drawing, black on white: what every variant below should come close to."""
+    return to_mnist(draw_two())
+
+
+# The MNIST convention ---------------------------------------------------------------------------------
+
+
+def test_output_is_28x28_float32_white_on_black(reference):
+    assert reference.shape == (28, 28) and reference.dtype == np.float32
+    assert reference.min() == 0.0 and reference.max() == pytest.approx(1.0, abs=0.05)
+    assert reference[[0, -1]].max() == 0 and reference[:, [0, -1]].max() == 0  # black margins
+    assert 60 < reference.sum() < 180  # MNIST digits carry about 100 (0 to 1 scale)
+
+
+@pytest.mark.parametrize("box", [(0.25, 0.15, 0.75, 0.85), (0.02, 0.02, 0.3, 0.4), (0.6, 0.5, 0.98, 0.98)])
+def test_center_of_mass_at_14_14_and_longest_side_20(box):
+    pixels = to_mnist(draw_two((640, 480), box=box))
+    row, col = center_of_mass(pixels)
+    assert abs(row - 14) <= 1 and abs(col - 14) <= 1
+    assert max(ink_box(pixels)) == 20
+
+
+def test_aspect_ratio_is_kept():
+    image = Image.new("L", (300, 300), 255)
+    ImageDraw.Draw(image).line((150, 40, 150, 260), fill=0, width=24)  # a '1': tall and narrow
+    height, width = ink_box(to_mnist(image))
+    assert height == 20 and width <= 6
+
+
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="needs the MNIST files in shared/data/mnist")
+def test_mnist_digits_pass_through_almost_unchanged():
+    raw = gzip.open(MNIST_DIR / "t10k-images-idx3-ubyte.gz").read()
+    images = np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 28, 28)[:30].astype(np.float32) / 255
+    # MNIST's own 28x28 images are white on black, already boxed and centred: preprocessing them again
+    # (after enlarging to a photo-like size) must give back nearly the same picture.
+    differences = []
+    for image in images:
+        enlarged = Image.fromarray(np.round(image * 255).astype(np.uint8)).resize((280, 280), Image.Resampling.BILINEAR)
+        differences.append(np.abs(to_mnist(enlarged) - image).mean())
+    # A one-pixel shift of the center, or a heavy stroke thinned, costs up to 0.1 on one image.
+    assert np.mean(differences) < 0.04 and max(differences) < 0.12
+
+
+# Polarity, colour, transparency, lighting -------------------------------------------------------------
+
+
+def test_light_ink_on_dark_matches_dark_ink_on_light(reference):
+    assert_same_digit(to_mnist(draw_two(ink=WHITE, paper=BLACK)), reference)
+    chalk_on_board = draw_two(ink=(225, 230, 215), paper=(40, 70, 50))
+    assert_same_digit(to_mnist(chalk_on_board), reference)
+
+
+@pytest.mark.parametrize(
+    "ink", [(20, 40, 170), (190, 20, 30), (20, 130, 50), (250, 220, 0)], ids=["blue", "red", "green", "yellow"]
+)
+def test_coloured_ink_survives(reference, ink):
+    assert_same_digit(to_mnist(draw_two(ink=ink, paper=(250, 248, 240))), reference)
+
+
+def test_yellow_ink_on_black_survives(reference):
+    assert_same_digit(to_mnist(draw_two(ink=(240, 200, 0), paper=BLACK)), reference)
+
+
+@pytest.mark.parametrize("stroke", [BLACK, (30, 60, 200), WHITE], ids=["black", "blue", "white"])
+def test_canvas_export_with_transparent_background(reference, stroke):
+    # Canvas exports store transparent pixels as (0, 0, 0, 0): a plain convert("L") turns them black.
+    canvas = draw_two(mode="RGBA", ink=stroke + (255,), paper=(0, 0, 0, 0))
+    assert_same_digit(preprocess(encode(canvas)), reference)
+
+
+def test_transparent_border_takes_the_paper_colour(reference):
+    photo = draw_two((200, 200), paper=(235, 235, 225)).convert("RGBA")
+    framed = Image.new("RGBA", (260, 260), (0, 0, 0, 0))
+    framed.paste(photo, (30, 30))
+    assert_same_digit(to_mnist(framed), reference)
+
+
+def test_greyscale_palette_and_16_bit_images(reference):
+    grey = draw_two().convert("L")
+    assert_same_digit(to_mnist(grey), reference)
+    assert_same_digit(to_mnist(draw_two().convert("P")), reference)
+    deep = Image.fromarray(np.asarray(grey).astype(np.uint16) * 257)  # 16-bit, 0..65535
+    assert_same_digit(preprocess(encode(deep)), reference)
+
+
+def test_uneven_lighting_tint_and_noise(reference):
+    rng = np.random.default_rng(0)
+    clean = np.asarray(draw_two((640, 480), paper=(235, 225, 200)), np.float32) / 255
+    rows, cols = np.mgrid[0:480, 0:640] / 640
+    light = 1.05 - 0.45 * cols - 0.4 * ((rows - 0.4) ** 2 + (cols - 0.5) ** 2)  # a gradient and a vignette
+    photo = clean * light[:, :, None] + rng.normal(0, 0.03, clean.shape)
+    image = Image.fromarray(np.round(np.clip(photo, 0, 1) * 255).astype(np.uint8))
+    assert_same_digit(preprocess(encode(image, "JPEG", quality=70)), to_mnist(draw_two((640, 480))))
+
+
+def test_specks_are_dropped():
+    rng = np.random.default_rng(1)
+    image = draw_two((400, 400))
+    draw = ImageDraw.Draw(image)
+    for x, y in rng.integers(0, 400, size=(25, 2)):
+        draw.ellipse((x, y, x + 3, y + 3), fill=BLACK)  # dust: each under 0.5% of the digit's ink
+    assert_same_digit(to_mnist(image), to_mnist(draw_two((400, 400))), mean_tol=0.02)
+
+
+def test_margin_line_and_table_edge_are_dropped():
+    clean = to_mnist(draw_two((600, 450), box=(0.35, 0.2, 0.6, 0.8)))
+    notebook = draw_two((600, 450), box=(0.35, 0.2, 0.6, 0.8), paper=(250, 250, 245))
+    ImageDraw.Draw(notebook).line((80, 0, 80, 450), fill=(230, 120, 120), width=4)  # the red margin
+    assert_same_digit(to_mnist(notebook), clean)
+    on_table = draw_two((600, 450), box=(0.35, 0.2, 0.6, 0.8), paper=(235, 235, 230))
+    ImageDraw.Draw(on_table).rectangle((0, 0, 60, 450), fill=(60, 45, 35))  # the table beside the sheet
+    assert_same_digit(to_mnist(on_table), clean)
+
+
+def test_tightly_cropped_digit_in_two_strokes_is_kept_whole():
+    five = Image.new("L", (200, 260), 255)
+    draw = ImageDraw.Draw(five)
+    draw.line((30, 10, 190, 10), fill=0, width=20)  # the bar, along the top border
+    draw.line((38, 0, 30, 120), fill=0, width=20)
+    draw.arc((20, 90, 200, 260), start=-120, end=150, fill=0, width=20)
+    roomy = ImageOps.expand(five, border=60, fill=255)  # the same digit with room around it
+    assert_same_digit(to_mnist(five), to_mnist(roomy))
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("RGB", (200, 200), WHITE),
+        Image.new("RGB", (200, 200), BLACK),
+        Image.new("L", (64, 48), 128),
+        Image.new("RGBA", (300, 300), (0, 0, 0, 0)),
+        Image.new("L", (1, 1), 0),
+    ],
+    ids=["white", "black", "grey", "transparent", "one-pixel"],
+)
+def test_blank_image_gives_zeros(image):
+    pixels = to_mnist(image)
+    assert pixels.shape == (28, 28) and not pixels.any()
+
+
+def test_faint_noise_alone_is_blank():
+    rng = np.random.default_rng(2)
+    noise = np.clip(rng.normal(200, 4, size=(300, 400, 3)), 0, 255).astype(np.uint8)
+    assert not preprocess(encode(Image.fromarray(noise), "JPEG", quality=60)).any()
+
+
+# Sizes -------------------------------------------------------------------------------------------------
+
+
+def test_tiny_image():
+    tiny = np.full((8, 8), 255, np.uint8)
+    tiny[1:7, 4] = 0  # an 8x8 '1' ...
+    tiny[1, 3] = 0  # ... with a flag
+    pixels = to_mnist(Image.fromarray(tiny))
+    row, col = center_of_mass(pixels)
+    assert abs(row - 14) <= 1 and abs(col - 14) <= 1 and ink_box(pixels)[0] == 20
+
+
+def test_huge_photo_is_fast_and_right(reference):
+    huge = draw_two((4000, 3000), paper=(240, 236, 228))
+    start = time.perf_counter()
+    pixels = to_mnist(huge)
+    assert time.perf_counter() - start < 3.0  # about 0.2 s; generous for a busy machine
+    assert_same_digit(pixels, to_mnist(draw_two((400, 300))))
+
+
+# Loading -----------------------------------------------------------------------------------------------
+
+
+def test_path_bytes_and_pathlike_agree(tmp_path, reference):
+    path = tmp_path / "two.png"
+    draw_two().save(path)
+    for source in (path, str(path), path.read_bytes(), bytearray(path.read_bytes())):
+        np.testing.assert_array_equal(preprocess(source), reference)
+
+
+def test_exif_orientation_is_applied():
+    # Stored sideways, as a phone held upright writes it, with Orientation 6: "rotate 90 degrees clockwise".
+    upright = draw_two((300, 400))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    loaded = load_image(encode(stored, "JPEG", quality=95, exif=exif))
+    assert loaded.size == upright.size
+    assert_same_digit(to_mnist(loaded), to_mnist(upright))
+    sideways = load_image(encode(stored, "JPEG", quality=95))
+    assert np.abs(to_mnist(sideways) - to_mnist(upright)).mean() > 0.1
+
+
+def test_animated_gif_gives_first_frame(reference):
+    frames = [draw_two().convert("P"), Image.new("P", (200, 200), 0)]
+    gif = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+    assert_same_digit(preprocess(gif), reference)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A few dozen bytes of PNG whose header claims width x height RGB pixels: a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def lab_tiff() -> bytes:
+    return encode(Image.new("LAB", (32, 32)), "TIFF")
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (b"", "empty"),
+        (np.random.default_rng(3).bytes(2000), "not an image"),
+        (encode(draw_two())[:600], "truncated"),
+        (png_header_only(50_000, 50_000), "too large"),
+        (png_header_only(8_000, 8_000), "too large"),
+        (lab_tiff(), "unsupported image mode"),
+    ],
+    ids=["empty", "random-bytes", "truncated-png", "bomb-50000x50000", "over-max-pixels", "lab-mode"],
+)
+def test_bad_files_raise_image_error_with_one_line(data, words):
+    with pytest.raises(ImageError) as caught:
+        preprocess(data)
+    message = str(caught.value)
+    assert words in message and "\n" not in message
+    assert isinstance(caught.value, DigitnetError) and isinstance(caught.value, ValueError)
+
+
+def test_max_pixels_sits_below_pillows_own_limit():
+    assert 8_000 * 8_000 > MAX_PIXELS >= 8064 * 6048  # a 48-megapixel phone photo passes
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(ImageError, match="no such file"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="folder"):
+        load_image(tmp_path)
+
+
+def test_unsupported_mode_passed_as_image():
+    with pytest.raises(ImageError, match="unsupported image mode"):
+        to_mnist(Image.new("LAB", (32, 32)))
