@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from digitnet.config import TrainConfig
+from digitnet.config import TrainConfig, load_recipe, recipe_names
+from digitnet.model import build_model
 from digitnet.data import split_validation
 from digitnet.train import Trainer, TrainingDiverged, read_history, train_and_evaluate
 
@@ -105,3 +106,11 @@ def test_divergence_stops_with_a_clear_message_and_keeps_good_weights(mnist, tmp
     assert "lower --learning-rate" in str(info.value)
     model = keras.saving.load_model(tmp_path / "run/model.keras")
     assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_each_recipe_runs_one_short_epoch(mnist, tmp_path, name):
+    config = load_recipe(name).replace(epochs=1, train_size=512, val_size=500)
+    metrics = train_and_evaluate(config, tmp_path / name, data=mnist, log=lambda _: None)
+    assert metrics["epochs"] == 1 and metrics["params"] == build_model(config).count_params()
+    assert 0.2 < metrics["test_accuracy"] <= 1

@@ -1,0 +1,203 @@
+"""Load test of `digitnet serve`: many clients posting canvas drawings to /predict on loopback.
+
+Starts the server as a subprocess on a free 127.0.0.1 port, fires a bounded load of 280x280 PNGs such as the
+drawing page sends (MNIST test digits, scaled up tenfold, white on black, RGBA, as JSON data URLs), prints
+throughput and latency, and stops the server. The client shares the machine's cores with the server, so the
+figures are a lower bound on what the server alone can do.
+
+    python bench/bench_serve.py runs/RUN [--clients 32] [--requests 10000] [--max-seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import functools
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import aiohttp
+import numpy as np
+from PIL import Image
+
+from digitnet.data import load_mnist
+
+CANVAS_SIZE = 280  # px, the drawing page's canvas
+STARTUP_TIMEOUT_S = 120.0  # loading Keras and compiling four batch sizes takes seconds, more on a busy machine
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line: which model, and how much load."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("model", help="training run folder or .keras file to serve")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent clients, each with its own connection")
+    parser.add_argument("--requests", type=int, default=10_000, help="requests in the measured run")
+    parser.add_argument("--max-seconds", type=float, default=30.0, help="stop the measured run after this long")
+    parser.add_argument("--warmup", type=int, default=200, help="requests sent before measuring")
+    parser.add_argument("--images", type=int, default=100, help="distinct MNIST test digits to draw from")
+    parser.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: DIGITNET_DATA or the cache)")
+    parser.add_argument("--canvas-size", type=int, default=280, help="side of the PNGs sent, pixels (the page's canvas is 280)")
+    parser.add_argument("--upload", action="store_true", help="send multipart file uploads instead of JSON data URLs")
+    return parser.parse_args()
+
+
+def canvas_png(digit: np.ndarray, size: int = CANVAS_SIZE) -> bytes:
+    """A 28x28 MNIST digit as the page's canvas would send it: an RGBA PNG, white on black, scaled up."""
+    grey = Image.fromarray(digit).resize((size, size), Image.BILINEAR)
+    buffer = io.BytesIO()
+    grey.convert("RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_bodies(digits: np.ndarray, upload: bool, size: int = CANVAS_SIZE) -> list[Callable[[], dict]]:
+    """For each digit, a function giving aiohttp's keyword arguments for one POST /predict.
+
+    A function, because aiohttp's multipart FormData can be sent only once.
+    """
+    pngs = [canvas_png(digit, size) for digit in digits]
+    if upload:
+        return [functools.partial(upload_body, f"digit{i}.png", png) for i, png in enumerate(pngs)]
+    bodies = [json.dumps({"image": "data:image/png;base64," + base64.b64encode(png).decode()}).encode() for png in pngs]
+    return [functools.partial(dict, data=body, headers={"Content-Type": "application/json"}) for body in bodies]
+
+
+def upload_body(name: str, png: bytes) -> dict:
+    """aiohttp's keyword arguments for a multipart upload of one PNG in field "file"."""
+    form = aiohttp.FormData()
+    form.add_field("file", png, filename=name, content_type="image/png")
+    return {"data": form}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model: str, port: int) -> subprocess.Popen:
+    """`digitnet serve` in a subprocess; returns once /healthz answers."""
+    command = [sys.executable, "-m", "digitnet.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(command)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"server exited with code {server.returncode} before answering")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1.0):
+                return server
+        except OSError:  # refused until uvicorn listens
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit(f"server did not answer within {STARTUP_TIMEOUT_S:.0f} s")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) a process has used so far; None where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    """Ask uvicorn to shut down as on Ctrl-C; kill it if it does not."""
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+async def fire(
+    url: str, bodies: list[Callable[[], dict]], n_requests: int, n_clients: int, max_seconds: float
+) -> tuple[list[float], Counter, float]:
+    """Send n_requests from n_clients concurrent clients (or stop at max_seconds).
+
+    Returns the latencies (s), the errors by kind (HTTP status or exception name) and the wall time (s).
+    """
+    latencies: list[float] = []
+    errors: Counter = Counter()
+    next_index = 0
+    # aiohttp rather than httpx: its client costs about a tenth of the CPU per request, and on a small
+    # machine the client shares the cores with the server it measures.
+    connector = aiohttp.TCPConnector(limit=n_clients)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+
+        async def one_client() -> None:
+            nonlocal next_index
+            while next_index < n_requests and time.perf_counter() < deadline:
+                body = bodies[next_index % len(bodies)]()
+                next_index += 1
+                sent = time.perf_counter()
+                try:
+                    async with session.post(url, **body) as response:
+                        await response.read()
+                        if response.status != 200:
+                            errors[f"HTTP {response.status}"] += 1
+                except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+                    errors[type(err).__name__] += 1
+                latencies.append(time.perf_counter() - sent)
+
+        start = time.perf_counter()
+        deadline = start + max_seconds
+        await asyncio.gather(*(one_client() for _ in range(n_clients)))
+        return latencies, errors, time.perf_counter() - start
+
+
+def report(
+    latencies: list[float], errors: Counter, wall_s: float, cpu_s: dict[str, float | None], load_before: float,
+    args: argparse.Namespace,
+) -> None:
+    """One block of figures, with what they were measured on."""
+    ms = np.array(latencies) * 1000
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, 1-minute load average before the bench "
+          f"{load_before:.2f}; python {platform.python_version()}")
+    kind = "multipart uploads" if args.upload else "JSON data URLs"
+    print(f"load: {args.clients} clients, {kind} of {args.canvas_size}x{args.canvas_size} canvas PNGs")
+    kinds = f" ({', '.join(f'{error}: {n}' for error, n in errors.items())})" if errors else ""
+    print(f"requests: {len(ms)} in {wall_s:.2f} s = {len(ms) / wall_s:.0f} requests/s, errors: {sum(errors.values())}{kinds}")
+    print(f"latency ms: p50 {np.percentile(ms, 50):.1f}, p90 {np.percentile(ms, 90):.1f}, "
+          f"p99 {np.percentile(ms, 99):.1f}, max {ms.max():.1f}")
+    # CPU per request depends far less on other work on the machine than throughput does.
+    per_request = ", ".join(f"{who} {1000 * s / len(ms):.2f}" for who, s in cpu_s.items() if s is not None)
+    print(f"CPU ms per request: {per_request}")
+
+
+def main() -> None:
+    """Start the server, warm it up, measure, stop it."""
+    args = parse_args()
+    load_before = os.getloadavg()[0]  # other work on the machine, before this bench adds its own
+    digits = load_mnist(args.data_dir).test_images[: args.images]
+    bodies = make_bodies(digits, args.upload, args.canvas_size)
+    port = free_port()
+    server = start_server(args.model, port)
+    url = f"http://127.0.0.1:{port}/predict"
+    try:
+        asyncio.run(fire(url, bodies, args.warmup, args.clients, args.max_seconds))
+        server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
+        latencies, errors, wall_s = asyncio.run(fire(url, bodies, args.requests, args.clients, args.max_seconds))
+        server_after = cpu_seconds(server.pid)
+        cpu_s = {"server": server_after - server_cpu if server_cpu is not None else None,
+                 "client": time.process_time() - client_cpu}
+    finally:
+        stop_server(server)
+    report(latencies, errors, wall_s, cpu_s, load_before, args)
+
+
+if __name__ == "__main__":
+    main()

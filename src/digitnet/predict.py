@@ -1,0 +1,195 @@
+"""Inference: load a trained model once and read digits from image files, bytes or arrays."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import digitnet  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
+
+import keras
+import numpy as np
+from PIL import Image
+
+from digitnet.errors import DigitnetError
+from digitnet.model import N_CLASSES, N_PIXELS, layer_sizes, make_predict_fn
+from digitnet.preprocess import ImageError, preprocess
+
+# XLA compiles once per input shape: padding every batch up to one of these sizes keeps it to four
+# compilations, all done at load time, so no request ever waits for the compiler.
+BATCH_SIZES = (1, 8, 32, 128)
+MODEL_FILE = "model.keras"
+# Where a run folder keeps its test accuracy: written by `digitnet train`, then by `digitnet evaluate`.
+TEST_ACCURACY_KEYS = (("metrics.json", "test_accuracy"), ("evaluation.json", "accuracy"))
+
+
+class Predictor:
+    """A loaded model and its compiled forward pass; safe to share between threads."""
+
+    def __init__(self, model: keras.Model, path: Path | None = None) -> None:
+        self.model = model
+        self.path = path
+        self._forward = make_predict_fn(model)
+        self._warm_up()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Predictor":
+        """Load a run folder (its model.keras) or a .keras file, and compile it for every batch size."""
+        model_path = resolve_model_path(path)
+        try:
+            model = keras.saving.load_model(model_path, compile=False)
+        except Exception as err:  # a corrupt or foreign file can fail in many ways inside Keras
+            raise DigitnetError(f"model: cannot load {model_path}: {err}") from None
+        if tuple(model.input_shape[1:]) != (N_PIXELS,):
+            raise DigitnetError(f"model: {model_path} takes inputs of shape {model.input_shape[1:]}, not MNIST's ({N_PIXELS},)")
+        return cls(model, model_path)
+
+    def _warm_up(self) -> None:
+        """Run each padded batch size once, so that compiling happens now rather than on a request."""
+        for size in BATCH_SIZES:
+            self._forward(np.zeros((size, 28, 28), np.float32))
+
+    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, 10) for images (N, 28, 28) of floats in [0, 1], MNIST convention."""
+        x = np.asarray(x, np.float32)
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise ValueError(f"expected images of shape (N, 28, 28), got {x.shape}")
+        largest = BATCH_SIZES[-1]
+        chunks = [self._predict_padded(x[i : i + largest]) for i in range(0, len(x), largest)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, N_CLASSES), np.float32)
+
+    def _predict_padded(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for at most BATCH_SIZES[-1] images, padded with blanks to a compiled size."""
+        size = next(s for s in BATCH_SIZES if s >= len(x))
+        padded = np.zeros((size, 28, 28), np.float32)
+        padded[: len(x)] = x
+        # The compiled function is pure and the weights are never written, so no lock is needed here.
+        return self._forward(padded)[: len(x)]
+
+    def predict_sources(
+        self,
+        sources: Sequence[str | os.PathLike | bytes],
+        names: Sequence[str] | None = None,
+        save_dir: str | os.PathLike | None = None,
+    ) -> list[dict[str, Any]]:
+        """One result per source, in order: a prediction, or {"file", "error"} for an unreadable image.
+
+        `names` label the results (default: the path as given); `save_dir`, when set, receives the
+        28x28 PNG that the network saw for each readable image.
+        """
+        sources = list(sources)
+        names = list(names) if names is not None else [source_name(s, i) for i, s in enumerate(sources)]
+        if len(names) != len(sources):
+            raise ValueError(f"got {len(names)} names for {len(sources)} sources")
+        images, errors = read_images(sources)
+        good = sorted(images)
+        probabilities = dict(zip(good, self.predict_arrays(np.stack([images[i] for i in good])))) if good else {}
+        if save_dir is not None:
+            save_images([images[i] for i in good], [names[i] for i in good], Path(save_dir))
+        return [
+            prediction(name, probabilities[i]) if i in probabilities else {"file": name, "error": errors[i]}
+            for i, name in enumerate(names)
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        """What is being served: layer sizes, parameter count and, when the run recorded it, test accuracy."""
+        return {
+            "name": self.model.name,
+            "path": str(self.path) if self.path else None,
+            "layers": [{"name": n, "units": u, "activation": a} for n, u, a in layer_sizes(self.model)],
+            "parameters": int(self.model.count_params()),
+            "test_accuracy": read_test_accuracy(self.path.parent) if self.path else None,
+        }
+
+
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """The .keras file named by a run folder or given directly; a DigitnetError that says which is missing."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / MODEL_FILE).is_file():
+            raise DigitnetError(f"model: {path} is a folder without {MODEL_FILE}; give a training run folder")
+        return path / MODEL_FILE
+    if not path.exists():
+        raise DigitnetError(f"model: {path} does not exist; give a training run folder or a .keras file")
+    if path.suffix != ".keras":
+        raise DigitnetError(f"model: {path} is not a .keras file; give a training run folder or a .keras file")
+    return path
+
+
+def read_test_accuracy(run_dir: Path) -> float | None:
+    """The test accuracy saved by training or evaluation in a run folder, or None when there is none."""
+    for name, key in TEST_ACCURACY_KEYS:
+        try:
+            metrics = json.loads((run_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(metrics, dict) and isinstance(metrics.get(key), (int, float)):
+            return float(metrics[key])
+    return None
+
+
+def source_name(source: str | os.PathLike | bytes, index: int) -> str:
+    """How a result names its input: the path as given, or the position of in-memory bytes."""
+    return f"<bytes #{index}>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+
+
+def read_images(sources: Iterable[str | os.PathLike | bytes]) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Preprocessed 28x28 images by position, and an error message for each source that failed."""
+    images: dict[int, np.ndarray] = {}
+    errors: dict[int, str] = {}
+    for i, source in enumerate(sources):
+        try:
+            images[i] = preprocess(source)
+        except ImageError as err:
+            errors[i] = str(err)
+        except OSError as err:  # e.g. a folder or an unreadable file given as an image
+            errors[i] = f"cannot read {source_name(source, i)}: {err.strerror or err}"
+    return images, errors
+
+
+def prediction(name: str, probabilities: np.ndarray) -> dict[str, Any]:
+    """The result object for one image, as `digitnet predict --json` prints it."""
+    probs = [float(p) for p in probabilities]
+    label = int(np.argmax(probabilities))
+    return {"file": name, "label": label, "probability": probs[label], "probabilities": probs}
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """A 28x28 grey PNG of an image in [0, 1]: exactly what the network saw, white digit on black."""
+    pixels = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_images(images: Sequence[np.ndarray], names: Sequence[str], out_dir: Path) -> list[Path]:
+    """Write each image as NAME_28x28.png in out_dir, adding -1, -2, ... rather than overwrite a file."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return [_write_new_file(out_dir, _safe_stem(name) + "_28x28", encode_png(image)) for image, name in zip(images, names)]
+    except OSError as err:
+        raise DigitnetError(f"save-preprocessed: cannot write into {out_dir}: {err.strerror or err}") from None
+
+
+def _safe_stem(name: str) -> str:
+    """The file name stem of an input, with characters other than letters, digits, '.', '-', '_' made '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).stem) or "image"
+
+
+def _write_new_file(out_dir: Path, stem: str, data: bytes) -> Path:
+    """Write data to out_dir/STEM.png, or STEM-1.png, STEM-2.png, ... whichever does not exist yet."""
+    for attempt in itertools.count():
+        path = out_dir / (f"{stem}.png" if attempt == 0 else f"{stem}-{attempt}.png")
+        try:
+            with open(path, "xb") as file:  # "x" fails if the file exists, even if it appeared a moment ago
+                file.write(data)
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")

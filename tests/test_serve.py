@@ -1,0 +1,273 @@
+"""The web API: uploads, canvas data URLs, limits, and junk that must never make it answer 500."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image, ImageDraw
+
+from digitnet.config import TrainConfig
+from digitnet.model import build_model
+from digitnet.predict import Predictor
+from digitnet.serve import MAX_BODY_BYTES, create_app
+
+PREDICTION_KEYS = {"file", "label", "probability", "probabilities"}  # as `digitnet predict --json`
+SMALL_LIMIT = 64 * 1024  # bytes; a body limit that tests can exceed cheaply
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> Path:
+    """An untrained 784-16-10 network saved as a run folder: the API's shape is what is tested here."""
+    folder = tmp_path_factory.mktemp("run")
+    build_model(TrainConfig(hidden=(16,))).save(folder / "model.keras")
+    (folder / "metrics.json").write_text(json.dumps({"test_accuracy": 0.25}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def predictor(run_dir) -> Predictor:
+    return Predictor.load(run_dir)
+
+
+@pytest.fixture(scope="session")
+def client(predictor) -> TestClient:
+    # raise_server_exceptions=False: a bug must show up as the 500 a real client would get.
+    return TestClient(create_app(predictor), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def small_client(predictor) -> TestClient:
+    return TestClient(create_app(predictor, max_body_bytes=SMALL_LIMIT), raise_server_exceptions=False)
+
+
+def canvas_png(size: int = 280) -> bytes:
+    """A drawing like the page sends: a white "1" on an opaque black RGBA canvas."""
+    image = Image.new("RGBA", (size, size), (0, 0, 0, 255))
+    ImageDraw.Draw(image).line([(size * 0.55, size * 0.15), (size * 0.45, size * 0.85)], fill="white", width=size // 14)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def assert_prediction(answer: dict, file: str) -> None:
+    """A /predict answer: the predict --json object plus the preprocessed 28x28 PNG."""
+    assert set(answer) == PREDICTION_KEYS | {"preprocessed"}
+    assert answer["file"] == file
+    assert len(answer["probabilities"]) == 10
+    assert sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+    assert answer["label"] == int(np.argmax(answer["probabilities"]))
+    header, _, payload = answer["preprocessed"].partition(",")
+    assert header == "data:image/png;base64"
+    seen = Image.open(io.BytesIO(base64.b64decode(payload)))
+    assert seen.size == (28, 28) and seen.mode == "L"
+
+
+def assert_client_error(response, status: int | None = None) -> None:
+    """A 4xx with a JSON {"detail": message}."""
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    if status is not None:
+        assert response.status_code == status, response.text
+    assert isinstance(response.json()["detail"], (str, list))
+
+
+def test_upload_answers_the_predict_json_object(client, predictor, tmp_path):
+    png = canvas_png()
+    response = client.post("/predict", files={"file": ("one.png", png, "image/png")})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert_prediction(answer, "one.png")
+    (tmp_path / "one.png").write_bytes(png)
+    cli_object = predictor.predict_sources([tmp_path / "one.png"], names=["one.png"])[0]
+    assert {key: answer[key] for key in PREDICTION_KEYS} == cli_object
+
+
+def test_canvas_data_url_is_named_canvas(client):
+    response = client.post("/predict", json={"image": data_url(canvas_png())})
+    assert response.status_code == 200, response.text
+    assert_prediction(response.json(), "canvas")
+
+
+def test_bare_base64_and_other_image_formats_are_accepted(client):
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(canvas_png())).convert("RGB").save(buffer, format="JPEG")
+    response = client.post("/predict", json={"image": base64.b64encode(buffer.getvalue()).decode()})
+    assert response.status_code == 200, response.text
+
+
+def test_a_large_photo_is_read_off_the_event_loop(client):
+    photo = Image.new("RGB", (1600, 1200), (200, 190, 170))  # 1.9 megapixels: goes to the threadpool
+    ImageDraw.Draw(photo).line([(820, 250), (780, 950)], fill=(30, 30, 60), width=60)
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=85)
+    response = client.post("/predict", files={"file": ("photo.jpg", buffer.getvalue(), "image/jpeg")})
+    assert response.status_code == 200, response.text
+    assert_prediction(response.json(), "photo.jpg")
+
+
+def test_healthz_model_and_page(client, predictor):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/model").json() == predictor.describe()
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<canvas id="canvas"' in page.text
+
+
+def test_page_assets_are_served_and_nothing_is_fetched_from_elsewhere(client):
+    page = client.get("/").text
+    assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page)
+    assert sorted(assets) == ["/static/app.js", "/static/style.css"]
+    for asset in assets:
+        assert client.get(asset).status_code == 200
+    static = resources.files("digitnet").joinpath("static")
+    for name in ("index.html", "style.css", "app.js"):
+        text = static.joinpath(name).read_text()
+        assert not re.search(r"https?://|@import|url\(", text), f"{name} refers to an outside resource"
+
+
+def test_body_over_the_limit_by_content_length_is_413(small_client):
+    response = small_client.post(
+        "/predict", content=b"x" * (SMALL_LIMIT + 1), headers={"content-type": "application/json"}
+    )
+    assert_client_error(response, 413)
+
+
+def test_body_over_the_limit_without_content_length_is_413(small_client):
+    def chunks():  # a generator body goes out chunked, with no Content-Length to trust
+        for _ in range(SMALL_LIMIT // 1000 + 2):
+            yield b"x" * 1000
+
+    response = small_client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert_client_error(response, 413)
+
+
+def test_default_limit_is_five_megabytes(client):
+    assert MAX_BODY_BYTES == 5 * 1024 * 1024
+    response = client.post(
+        "/predict", content=b"{" + b" " * MAX_BODY_BYTES + b"}", headers={"content-type": "application/json"}
+    )
+    assert_client_error(response, 413)
+
+
+def test_a_huge_image_header_is_refused_without_decoding(client):
+    # 20000x20000 pixels of 1-bit black compress to a few kB: a decompression bomb.
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buffer, format="PNG")
+    assert len(buffer.getvalue()) < SMALL_LIMIT
+    response = client.post("/predict", files={"file": ("bomb.png", buffer.getvalue(), "image/png")})
+    assert_client_error(response, 422)
+    assert "too large" in response.json()["detail"]
+
+
+MALFORMED = {
+    "bad json": ({"content": b'{"image": ', "headers": {"content-type": "application/json"}}, 400),
+    "json not an object": ({"json": ["data:image/png;base64,AAAA"]}, 400),
+    "missing image field": ({"json": {"picture": "x"}}, 400),
+    "image not a string": ({"json": {"image": 7}}, 400),
+    "data url not base64": ({"json": {"image": "data:image/png,rawbytes"}}, 400),
+    "bad base64": ({"json": {"image": "data:image/png;base64,!!!notbase64"}}, 400),
+    "base64 of text": ({"json": {"image": data_url(b"hello world")}}, 422),
+    "empty image": ({"json": {"image": "data:image/png;base64,"}}, 422),
+    "truncated png": ({"json": {"image": data_url(canvas_png()[:100])}}, 422),
+    "no content type": ({"content": b"\x89PNG"}, 415),
+    "wrong content type": ({"content": canvas_png(), "headers": {"content-type": "image/png"}}, 415),
+    "url-encoded form": ({"data": {"file": "x"}}, 415),
+    "multipart without file field": ({"files": {"upload": ("a.png", b"x", "image/png")}}, 400),
+    "multipart file as text field": ({"files": {"file": (None, "just text")}}, 400),
+    "multipart without boundary": ({"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}}, 400),
+    "multipart garbage": ({"content": b"garbage", "headers": {"content-type": "multipart/form-data; boundary=zz"}}, 400),
+    "multipart not an image": ({"files": {"file": ("a.png", b"GIF89a but not really", "image/png")}}, 422),
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_malformed_bodies_are_client_errors_with_a_detail(client, name):
+    request, status = MALFORMED[name]
+    assert_client_error(client.post("/predict", **request), status)
+
+
+def test_unknown_routes_and_methods_are_client_errors(client):
+    assert_client_error(client.get("/predict"), 405)
+    assert_client_error(client.get("/nowhere"), 404)
+
+
+def junk_request(rng: random.Random, png: bytes) -> dict:
+    """One random, mostly broken request body of a random kind."""
+    kind = rng.randrange(6)
+    noise = rng.randbytes(rng.randrange(0, 3000))
+    broken = bytearray(png)
+    for _ in range(rng.randrange(1, 20)):  # flip bytes anywhere, header and checksums included
+        broken[rng.randrange(len(broken))] = rng.randrange(256)
+    broken = bytes(broken[: rng.randrange(1, len(broken) + 1)])
+    if kind == 0:
+        types = ["application/json", "multipart/form-data; boundary=b", "text/plain", "", "application/json; charset=utf-8"]
+        return {"content": noise, "headers": {"content-type": rng.choice(types)}}
+    if kind == 1:
+        return {"json": {"image": data_url(broken)}}
+    if kind == 2:
+        return {"files": {"file": (rng.choice(["a.png", "", "../../etc/passwd", "\u00e9.png"]), broken, "image/png")}}
+    if kind == 3:
+        short = "data:image/png;base64," + "A" * rng.randrange(9)
+        value = rng.choice([None, 1.5, [], {}, "", "data:", "data:;base64,", short, noise.hex()])
+        return {"json": {"image": value} if rng.random() < 0.8 else value}
+    if kind == 4:
+        text = json.dumps({"image": data_url(png)})
+        return {"content": text[: rng.randrange(len(text))].encode(), "headers": {"content-type": "application/json"}}
+    nested = "[" * rng.randrange(1, 100_000)  # deep nesting: a RecursionError in many JSON parsers
+    return {"content": nested.encode(), "headers": {"content-type": "application/json"}}
+
+
+def test_junk_never_makes_it_answer_500(client):
+    rng = random.Random(20240601)
+    png = canvas_png(56)
+    statuses = set()
+    for _ in range(300):
+        response = client.post("/predict", **junk_request(rng, png))
+        statuses.add(response.status_code)
+        assert response.status_code < 500, response.text
+        assert response.status_code == 200 or "detail" in response.json()
+    assert statuses - {200}, "the junk should include some client errors"
+    assert client.get("/healthz").status_code == 200
+
+
+def test_serve_command_answers_on_loopback_and_stops_on_interrupt(run_dir):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "digitnet.cli", "serve", str(run_dir), "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "server did not come up"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        response = httpx.post(f"http://127.0.0.1:{port}/predict", json={"image": data_url(canvas_png())})
+        assert response.status_code == 200
+        assert_prediction(response.json(), "canvas")
+    finally:
+        server.send_signal(signal.SIGINT)
+        output, _ = server.communicate(timeout=30)
+    assert server.returncode == 0, output
+    assert f"http://127.0.0.1:{port}" in output
