@@ -22,49 +22,6 @@ app = typer.Typer(
 )
 
 
-@app.command()
-def predict(
-    model: Path = typer.Argument(
-        ..., metavar="MODEL", help="A training run folder (its model.keras is used) or a .keras file."
-    ),
-    images: list[Path] = typer.Argument(
-        ..., metavar="IMAGE...", help="Image files (PNG, JPEG, ...), one digit each, any size."
-    ),
-    json_output: bool = typer.Option(False, "--json", help="Print a JSON list, one object per file."),
-    save_preprocessed: Optional[Path] = typer.Option(
-        None, "--save-preprocessed", metavar="DIR", help="Also write the 28x28 PNG the network saw into DIR."
-    ),
-) -> None:
-    """Read the digit in each image. Exit code 1 if any file could not be read."""
-    # Imported here so that `digitnet --help` does not wait for JAX and Keras to load.
-    from digitnet.predict import Predictor
-
-    results = Predictor.load(model).predict_sources(images, save_dir=save_preprocessed)
-    for result in results:
-        if "error" in result:
-            print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
-        elif not json_output:
-            print(f"{result['file']}: {result['label']} (p={result['probability']:.3f})")
-    if json_output:
-        print(json.dumps(results, indent=2))
-    if any("error" in result for result in results):
-        raise typer.Exit(1)
-
-
-@app.command()
-def serve(
-    model: Path = typer.Argument(
-        ..., metavar="MODEL", help="A training run folder (its model.keras is used) or a .keras file."
-    ),
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on; 0.0.0.0 makes the page reachable from other machines."),
-    port: int = typer.Option(8000, help="TCP port to listen on."),
-) -> None:
-    """Serve a drawing page at / and a prediction API at /predict, /model and /healthz."""
-    # Imported here so that `digitnet --help` does not wait for JAX, Keras and the web stack to load.
-    from digitnet.serve import run_server
-
-    run_server(model, host=host, port=port)
-
 
 DEFAULTS = TrainConfig()
 DataDirOption = Annotated[Optional[Path], typer.Option(
@@ -206,6 +163,50 @@ def sweep(
                            activations=tuple(activation or ()), batch_sizes=tuple(parse_batch_size(b) for b in batch_size or ()),
                            seeds=tuple(range(seeds)), base=base)
     run_sweep(grid, sweep_dir, workers=workers, ray_address=ray, cpus_per_trial=cpus_per_trial, data_dir=data_dir)
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(
+        ..., metavar="MODEL", help="A training run folder (its model.keras is used) or a .keras file."
+    ),
+    images: list[Path] = typer.Argument(
+        ..., metavar="IMAGE...", help="Image files (PNG, JPEG, ...), one digit each, any size."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON list, one object per file."),
+    save_preprocessed: Optional[Path] = typer.Option(
+        None, "--save-preprocessed", metavar="DIR", help="Also write the 28x28 PNG the network saw into DIR."
+    ),
+) -> None:
+    """Read the digit in each image. Exit code 1 if any file could not be read."""
+    # Imported here so that `digitnet --help` does not wait for JAX and Keras to load.
+    from digitnet.predict import Predictor
+
+    results = Predictor.load(model).predict_sources(images, save_dir=save_preprocessed)
+    for result in results:
+        if "error" in result:
+            print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
+        elif not json_output:
+            print(f"{result['file']}: {result['label']} (p={result['probability']:.3f})")
+    if json_output:
+        print(json.dumps(results, indent=2))
+    if any("error" in result for result in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    model: Path = typer.Argument(
+        ..., metavar="MODEL", help="A training run folder (its model.keras is used) or a .keras file."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on; 0.0.0.0 makes the page reachable from other machines."),
+    port: int = typer.Option(8000, help="TCP port to listen on."),
+) -> None:
+    """Serve a drawing page at / and a prediction API at /predict, /model and /healthz."""
+    # Imported here so that `digitnet --help` does not wait for JAX, Keras and the web stack to load.
+    from digitnet.serve import run_server
+
+    run_server(model, host=host, port=port)
 
 
 def main() -> None:
