@@ -17,6 +17,12 @@ from digitnet import data
 from digitnet.data import DataError, IdxFile, MirrorSource, PypiSource, idx_bytes, load_mnist, parse_idx
 
 
+@pytest.fixture(autouse=True)
+def no_data_dir_from_environment(monkeypatch):
+    """These tests choose the sources themselves; a DIGITNET_DATA set by the caller would bypass them."""
+    monkeypatch.delenv("DIGITNET_DATA", raising=False)
+
+
 @pytest.fixture
 def tiny_mnist(monkeypatch):
     """A made-up 6-train, 4-test MNIST whose checksums replace the real ones for the test's duration."""
