@@ -14,6 +14,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from digitnet.errors import DigitnetError
+from digitnet import preprocess as pipeline
 from digitnet.preprocess import MAX_PIXELS, ImageError, load_image, preprocess, to_mnist
 
 MNIST_DIR = Path(__file__).parents[1].parent / "shared/data/mnist"
@@ -204,6 +205,38 @@ def test_faint_noise_alone_is_blank():
     rng = np.random.default_rng(2)
     noise = np.clip(rng.normal(200, 4, size=(300, 400, 3)), 0, 255).astype(np.uint8)
     assert not preprocess(encode(Image.fromarray(noise), "JPEG", quality=60)).any()
+
+
+def canvas(ink, paper, mode="RGB") -> Image.Image:
+    """A 280x280 drawing-page export: a '2' in thick round strokes on a flat background."""
+    image = Image.new(mode, (280, 280), paper)
+    draw = ImageDraw.Draw(image)
+    points = [(85, 90), (120, 50), (180, 55), (195, 105), (160, 160), (85, 230), (205, 230)]
+    draw.line(points, fill=ink, width=18, joint="curve")
+    for x, y in points[:1] + points[-1:]:
+        draw.ellipse((x - 9, y - 9, x + 9, y + 9), fill=ink)
+    return image
+
+
+@pytest.mark.parametrize(
+    "image",
+    [canvas(WHITE, BLACK), canvas(BLACK, WHITE), canvas((0, 0, 0, 255), (0, 0, 0, 0), "RGBA"), canvas((30, 60, 200), WHITE)],
+    ids=["white-on-black", "black-on-white", "black-on-transparent", "blue-on-white"],
+)
+def test_canvas_takes_the_flat_background_shortcut_to_the_same_result(image, monkeypatch):
+    rgb = pipeline._flatten_alpha(*pipeline._as_arrays(pipeline._working_copy(image)))
+    assert pipeline._flat_background(rgb) is not None
+    fast = to_mnist(image)
+    monkeypatch.setattr(pipeline, "_flat_background", lambda rgb: None)  # force the fitted paper surface
+    assert_same_digit(fast, to_mnist(image), mean_tol=0.002, max_tol=0.02)
+
+
+def test_photo_has_no_flat_background():
+    rng = np.random.default_rng(3)
+    clean = np.asarray(draw_two((400, 300), paper=(235, 225, 200)), np.float32) / 255
+    photo = np.round(np.clip(clean + rng.normal(0, 0.02, clean.shape), 0, 1) * 255).astype(np.uint8)
+    rgb = pipeline._as_arrays(load_image(encode(Image.fromarray(photo), "JPEG", quality=85)))[0]
+    assert pipeline._flat_background(rgb) is None
 
 
 # Sizes -------------------------------------------------------------------------------------------------
