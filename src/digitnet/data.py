@@ -7,7 +7,6 @@ checked against the SHA-256 of its raw IDX bytes, whatever its wrapper, before a
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
 import io
@@ -85,7 +84,7 @@ class Splits:
 def parse_idx(raw: bytes, key: str, origin: str) -> np.ndarray:
     """Check magic, size and SHA-256 of raw IDX bytes and return the uint8 array they hold."""
     spec = FILES[key]
-    fix = f"delete it, or point --data-dir (or DIGITNET_DATA) at a good copy"
+    fix = "delete it, or point --data-dir (or DIGITNET_DATA) at a good copy"
     if len(raw) < 8 or int.from_bytes(raw[:4], "big") != spec.magic:
         found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else "none"
         raise DataError(f"{origin}: wrong magic number {found} (expected {spec.magic} for {spec.name}); {fix}")

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
+from digitnet.augment import distort
 from digitnet.config import TrainConfig
 from digitnet.data import Mnist, Splits, load_mnist, split_validation
 from digitnet.errors import DigitnetError
@@ -31,7 +32,6 @@ from digitnet.model import N_PIXELS, build_model, logits_model
 
 HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 EVAL_CHUNK = 1000  # images per evaluation call: one compiled shape for validation and test alike
-RUN_FILES = ("config.json", "history.csv", "checkpoint.npz")
 
 
 class TrainingDiverged(DigitnetError):
@@ -102,14 +102,12 @@ def make_epoch_fn(model: keras.Model, optimizer: keras.optimizers.Optimizer, con
     steps = math.ceil(n_train / batch_size)
     padding = steps * batch_size - n_train
     network = logits_model(model)
-    distort = None
-    if config.augment == "elastic":
-        from digitnet.augment import distort
+    augment = config.augment == "elastic"
 
     def train_step(state_tree, batch):
         trainable, non_trainable, opt_vars = state_tree
         x, y, weights, key = batch
-        if distort is not None:
+        if augment:
             x = distort(key, x.reshape(-1, 28, 28), config).reshape(-1, N_PIXELS)
 
         def loss_fn(trainable):
