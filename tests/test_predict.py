@@ -21,7 +21,8 @@ from digitnet.cli import app
 from digitnet.config import TrainConfig
 from digitnet.errors import DigitnetError
 from digitnet.model import build_model
-from digitnet.predict import BATCH_SIZES, Predictor, read_test_accuracy, resolve_model_path
+from digitnet.evaluate import model_file
+from digitnet.predict import BATCH_SIZES, Predictor, read_test_accuracy
 from digitnet.preprocess import preprocess
 
 HIDDEN = 16  # a 784-16-10 network: 12,730 parameters, built in a blink; only shapes matter here
@@ -154,9 +155,9 @@ def test_bad_model_paths_raise_digitnet_error(tmp_path, make):
         Predictor.load(path)
 
 
-def test_resolve_model_path_accepts_a_run_folder_or_a_keras_file(run_dir):
-    assert resolve_model_path(run_dir) == run_dir / "model.keras"
-    assert resolve_model_path(run_dir / "model.keras") == run_dir / "model.keras"
+def test_model_file_accepts_a_run_folder_or_a_keras_file(run_dir):
+    assert model_file(run_dir) == run_dir / "model.keras"
+    assert model_file(run_dir / "model.keras") == run_dir / "model.keras"
 
 
 @pytest.mark.parametrize("n", [0, 1, 5, 32, BATCH_SIZES[-1] + 3])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -48,8 +47,11 @@ def test_each_optimizer_lowers_the_loss(mnist, optimizer, learning_rate, schedul
     assert after < 0.7 * before
 
 
-def test_steps_per_epoch_cover_every_sample():
-    assert math.ceil(1000 / 128) == 8  # the last batch holds 104 real samples, weighted as such
+def test_steps_per_epoch_cover_every_sample(mnist):
+    splits = split_validation(mnist, 500, seed=0, train_size=1000)
+    assert Trainer(TrainConfig(hidden=(8,), batch_size=128), splits).steps == 8  # the last holds 104 real samples
+    full = Trainer(TrainConfig(hidden=(8,), batch_size="full"), splits)
+    assert (full.steps, full.batch_size) == (1, 1000)
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(mnist, tmp_path):

@@ -22,10 +22,26 @@ app = typer.Typer(
 )
 
 
-
 DEFAULTS = TrainConfig()
 DataDirOption = Annotated[Optional[Path], typer.Option(
     "--data-dir", help="Folder with the four MNIST IDX files (.gz or raw); else $DIGITNET_DATA, the cache, mirrors, PyPI.")]
+
+# Training flags that `train` and `sweep` share, each mapping onto the TrainConfig field of the same name.
+OptimizerOption = Annotated[Optional[str], typer.Option(help=f"{', '.join(OPTIMIZERS)}. (default: {DEFAULTS.optimizer})", show_default=False)]
+LearningRateOption = Annotated[Optional[float], typer.Option(help=f"Peak step size. (default: {DEFAULTS.learning_rate})", show_default=False)]
+MomentumOption = Annotated[Optional[float], typer.Option(help=f"Momentum of the momentum optimizer. (default: {DEFAULTS.momentum})", show_default=False)]
+ScheduleOption = Annotated[Optional[str], typer.Option(help=f"{', '.join(SCHEDULES)}. (default: {DEFAULTS.schedule})", show_default=False)]
+WeightDecayOption = Annotated[Optional[float], typer.Option(help=f"Decoupled weight decay. (default: {DEFAULTS.weight_decay})", show_default=False)]
+DropoutOption = Annotated[Optional[float], typer.Option(help=f"Dropout after each hidden layer. (default: {DEFAULTS.dropout})", show_default=False)]
+EpochsOption = Annotated[Optional[int], typer.Option(help=f"Passes over the training split. (default: {DEFAULTS.epochs})", show_default=False)]
+ValSizeOption = Annotated[Optional[int], typer.Option(help=f"Training images held out for validation. (default: {DEFAULTS.val_size})", show_default=False)]
+TrainSizeOption = Annotated[Optional[int], typer.Option(help="Train on only the first N images of the training split. (default: all)", show_default=False)]
+
+
+def config_from_flags(recipe: str | None, overrides: dict) -> TrainConfig:
+    """The defaults, or a recipe, with the flags the user gave on top."""
+    base = load_recipe(recipe) if recipe else DEFAULTS
+    return TrainConfig.from_dict({**base.to_dict(), **overrides})
 
 
 def parse_batch_size(value: str) -> int | str:
@@ -52,16 +68,16 @@ def train(
     hidden: Annotated[Optional[list[int]], typer.Option(help=f"Neurons of a hidden layer; repeat for more layers. (default: {list(DEFAULTS.hidden)})", show_default=False)] = None,
     activation: Annotated[Optional[list[str]], typer.Option(help=f"Activation of the hidden layers, once for all or once per layer: {', '.join(ACTIVATIONS)}. (default: relu)", show_default=False)] = None,
     batch_size: Annotated[Optional[str], typer.Option(help=f"Samples per update: 1 = stochastic, k = mini-batch, 'full' = batch descent. (default: {DEFAULTS.batch_size})", show_default=False)] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help=f"{', '.join(OPTIMIZERS)}. (default: {DEFAULTS.optimizer})", show_default=False)] = None,
-    learning_rate: Annotated[Optional[float], typer.Option(help=f"Peak step size. (default: {DEFAULTS.learning_rate})", show_default=False)] = None,
-    momentum: Annotated[Optional[float], typer.Option(help=f"Momentum of the momentum optimizer. (default: {DEFAULTS.momentum})", show_default=False)] = None,
-    schedule: Annotated[Optional[str], typer.Option(help=f"{', '.join(SCHEDULES)}. (default: {DEFAULTS.schedule})", show_default=False)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help=f"Decoupled weight decay. (default: {DEFAULTS.weight_decay})", show_default=False)] = None,
-    dropout: Annotated[Optional[float], typer.Option(help=f"Dropout after each hidden layer. (default: {DEFAULTS.dropout})", show_default=False)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help=f"Passes over the training split. (default: {DEFAULTS.epochs})", show_default=False)] = None,
+    optimizer: OptimizerOption = None,
+    learning_rate: LearningRateOption = None,
+    momentum: MomentumOption = None,
+    schedule: ScheduleOption = None,
+    weight_decay: WeightDecayOption = None,
+    dropout: DropoutOption = None,
+    epochs: EpochsOption = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Seeds weights, split, shuffling, augmentation. (default: {DEFAULTS.seed})", show_default=False)] = None,
-    val_size: Annotated[Optional[int], typer.Option(help=f"Training images held out for validation. (default: {DEFAULTS.val_size})", show_default=False)] = None,
-    train_size: Annotated[Optional[int], typer.Option(help="Train on only the first N images of the training split. (default: all)", show_default=False)] = None,
+    val_size: ValSizeOption = None,
+    train_size: TrainSizeOption = None,
     augment: Annotated[Optional[str], typer.Option(help=f"{', '.join(AUGMENTATIONS)}: distort training images afresh each epoch. (default: {DEFAULTS.augment})", show_default=False)] = None,
     recipe: Annotated[Optional[str], typer.Option(help="Start from a named recipe (flags given override it). See --list-recipes.")] = None,
     list_recipes: Annotated[bool, typer.Option("--list-recipes", help="List the recipes and exit.")] = False,
@@ -87,8 +103,7 @@ def train(
             raise ConfigError("--resume continues a run with its saved config.json; give no other training flags")
         train_and_evaluate(TrainConfig(), resume, data_dir=data_dir, resume=True)
         return
-    base = load_recipe(recipe) if recipe else DEFAULTS
-    config = TrainConfig.from_dict({**base.to_dict(), **overrides})
+    config = config_from_flags(recipe, overrides)
     out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     print(f"run folder: {out}")
     train_and_evaluate(config, out, data_dir=data_dir)
@@ -127,15 +142,15 @@ def sweep(
     activation: Annotated[Optional[list[str]], typer.Option(help=f"Activation of all hidden layers; repeat to sweep over it: {', '.join(ACTIVATIONS)}. (default: relu)", show_default=False)] = None,
     batch_size: Annotated[Optional[list[str]], typer.Option(help=f"Samples per update; repeat to sweep over the descent: 1 = stochastic, k = mini-batch, 'full' = batch. (default: {DEFAULTS.batch_size})", show_default=False)] = None,
     seeds: Annotated[int, typer.Option(help="Trials per cell, with seeds 0 .. N-1; the table reports their mean and std.")] = 3,
-    optimizer: Annotated[Optional[str], typer.Option(help=f"{', '.join(OPTIMIZERS)}. (default: {DEFAULTS.optimizer})", show_default=False)] = None,
-    learning_rate: Annotated[Optional[float], typer.Option(help=f"Peak step size. (default: {DEFAULTS.learning_rate})", show_default=False)] = None,
-    momentum: Annotated[Optional[float], typer.Option(help=f"Momentum of the momentum optimizer. (default: {DEFAULTS.momentum})", show_default=False)] = None,
-    schedule: Annotated[Optional[str], typer.Option(help=f"{', '.join(SCHEDULES)}. (default: {DEFAULTS.schedule})", show_default=False)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help=f"Decoupled weight decay. (default: {DEFAULTS.weight_decay})", show_default=False)] = None,
-    dropout: Annotated[Optional[float], typer.Option(help=f"Dropout after each hidden layer. (default: {DEFAULTS.dropout})", show_default=False)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help=f"Passes over the training split. (default: {DEFAULTS.epochs})", show_default=False)] = None,
-    val_size: Annotated[Optional[int], typer.Option(help=f"Training images held out for validation. (default: {DEFAULTS.val_size})", show_default=False)] = None,
-    train_size: Annotated[Optional[int], typer.Option(help="Train on only the first N images of the training split. (default: all)", show_default=False)] = None,
+    optimizer: OptimizerOption = None,
+    learning_rate: LearningRateOption = None,
+    momentum: MomentumOption = None,
+    schedule: ScheduleOption = None,
+    weight_decay: WeightDecayOption = None,
+    dropout: DropoutOption = None,
+    epochs: EpochsOption = None,
+    val_size: ValSizeOption = None,
+    train_size: TrainSizeOption = None,
     recipe: Annotated[Optional[str], typer.Option(help="Base the trials on a named recipe (flags given override it). See `digitnet train --list-recipes`.")] = None,
     workers: Annotated[int, typer.Option(help="Trials run at once, each in its own process pinned to its share of the cores; with --ray local, the CPUs of the Ray instance.")] = 1,
     ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run the trials as Ray Tune trials on the Ray cluster at ADDRESS (host:port, 'auto'), or 'local' to start one here. Needs: pip install 'digitnet\\[ray]'.")] = None,
@@ -158,7 +173,7 @@ def sweep(
             raise ConfigError(f"{sweep_dir}: no {SWEEP_FILE} to resume; give the folder a sweep wrote")
         grid = SweepConfig.load(sweep_dir / SWEEP_FILE)
     else:
-        base = TrainConfig.from_dict({**(load_recipe(recipe) if recipe else DEFAULTS).to_dict(), **overrides})
+        base = config_from_flags(recipe, overrides)
         grid = SweepConfig(widths=tuple(width or SweepConfig.widths), depths=tuple(depth or SweepConfig.depths),
                            activations=tuple(activation or ()), batch_sizes=tuple(parse_batch_size(b) for b in batch_size or ()),
                            seeds=tuple(range(seeds)), base=base)

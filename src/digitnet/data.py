@@ -24,6 +24,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from digitnet.errors import DigitnetError
+from digitnet.files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -249,12 +250,6 @@ def cache_dir() -> Path:
     return Path(base) / "digitnet"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    part = path.with_name(path.name + ".part")
-    part.write_bytes(data)
-    os.replace(part, path)
-
-
 def fetch_into_cache(cache: Path, sources: list[Source], log: Callable[[str], None]) -> str:
     """Try each source in turn; write the verified raw files into the cache; return the source's name."""
     cache.mkdir(parents=True, exist_ok=True)
@@ -268,7 +263,7 @@ def fetch_into_cache(cache: Path, sources: list[Source], log: Callable[[str], No
                 log(f"skipped {source.name}: {err}")
                 continue
         for key, data in raw.items():
-            _write_atomic(cache / FILES[key].name, data)
+            write_atomic(cache / FILES[key].name, data)
         return source.name
     raise DataError(
         "could not get MNIST from any source (see the notes above); download the four IDX files by hand "

@@ -18,17 +18,28 @@ from digitnet.model import N_CLASSES, make_predict_fn
 CLASSES = list(range(N_CLASSES))
 
 
-def load_run_model(path: str | Path) -> keras.Model:
-    """The model of a run folder (its model.keras) or of a .keras file."""
+def model_file(path: str | Path) -> Path:
+    """The .keras file of a run folder (its model.keras) or given directly; a DigitnetError that says what is wrong."""
     path = Path(path)
-    file = path / "model.keras" if path.is_dir() else path
-    if not file.is_file():
-        hint = " (an unfinished run: continue it with digitnet train --resume)" if (path / "checkpoint.npz").is_file() else ""
-        raise DigitnetError(f"{file}: no model here{hint}; give a run folder that holds model.keras, or a .keras file")
+    if path.is_dir():
+        if not (path / "model.keras").is_file():
+            hint = " (an unfinished run: continue it with digitnet train --resume)" if (path / "checkpoint.npz").is_file() else ""
+            raise DigitnetError(f"model: {path} is a folder without model.keras{hint}; give a training run folder")
+        return path / "model.keras"
+    if not path.exists():
+        raise DigitnetError(f"model: {path} does not exist; give a training run folder or a .keras file")
+    if path.suffix != ".keras":
+        raise DigitnetError(f"model: {path} is not a .keras file; give a training run folder or a .keras file")
+    return path
+
+
+def load_run_model(path: str | Path, compile: bool = True) -> keras.Model:
+    """The model of a run folder or of a .keras file."""
+    file = model_file(path)
     try:
-        return keras.saving.load_model(file)
+        return keras.saving.load_model(file, compile=compile)
     except Exception as err:  # Keras raises many types for a bad file; all mean the same to the user
-        raise DigitnetError(f"{file}: not a loadable Keras model ({type(err).__name__}: {err}); retrain or pick another file") from None
+        raise DigitnetError(f"model: cannot load {file} ({type(err).__name__}: {err}); retrain or pick another file") from None
 
 
 def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:

@@ -18,13 +18,13 @@ import numpy as np
 from PIL import Image
 
 from digitnet.errors import DigitnetError
+from digitnet.evaluate import load_run_model, model_file
 from digitnet.model import N_CLASSES, N_PIXELS, layer_sizes, make_predict_fn
 from digitnet.preprocess import ImageError, preprocess
 
 # XLA compiles once per input shape: padding every batch up to one of these sizes keeps it to four
 # compilations, all done at load time, so no request ever waits for the compiler.
 BATCH_SIZES = (1, 8, 32, 128)
-MODEL_FILE = "model.keras"
 # Where a run folder keeps its test accuracy: written by `digitnet train`, then by `digitnet evaluate`.
 TEST_ACCURACY_KEYS = (("metrics.json", "test_accuracy"), ("evaluation.json", "accuracy"))
 
@@ -41,11 +41,8 @@ class Predictor:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Predictor":
         """Load a run folder (its model.keras) or a .keras file, and compile it for every batch size."""
-        model_path = resolve_model_path(path)
-        try:
-            model = keras.saving.load_model(model_path, compile=False)
-        except Exception as err:  # a corrupt or foreign file can fail in many ways inside Keras
-            raise DigitnetError(f"model: cannot load {model_path}: {err}") from None
+        model_path = model_file(path)
+        model = load_run_model(model_path, compile=False)
         if tuple(model.input_shape[1:]) != (N_PIXELS,):
             raise DigitnetError(f"model: {model_path} takes inputs of shape {model.input_shape[1:]}, not MNIST's ({N_PIXELS},)")
         return cls(model, model_path)
@@ -106,20 +103,6 @@ class Predictor:
             "parameters": int(self.model.count_params()),
             "test_accuracy": read_test_accuracy(self.path.parent) if self.path else None,
         }
-
-
-def resolve_model_path(path: str | os.PathLike) -> Path:
-    """The .keras file named by a run folder or given directly; a DigitnetError that says which is missing."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / MODEL_FILE).is_file():
-            raise DigitnetError(f"model: {path} is a folder without {MODEL_FILE}; give a training run folder")
-        return path / MODEL_FILE
-    if not path.exists():
-        raise DigitnetError(f"model: {path} does not exist; give a training run folder or a .keras file")
-    if path.suffix != ".keras":
-        raise DigitnetError(f"model: {path} is not a .keras file; give a training run folder or a .keras file")
-    return path
 
 
 def read_test_accuracy(run_dir: Path) -> float | None:

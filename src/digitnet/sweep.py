@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from digitnet.config import ACTIVATIONS, FULL_BATCH, ConfigError, TrainConfig
 from digitnet.errors import DigitnetError
+from digitnet.files import write_atomic
 
 if TYPE_CHECKING:
     from digitnet.data import Mnist
@@ -115,7 +116,7 @@ class SweepConfig:
         return cls(**{k: tuple(v) for k, v in data.items() if k != "base"}, base=TrainConfig.from_dict(data["base"]))
 
     def save(self, path: Path) -> None:
-        _write_atomic(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+        write_atomic(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "SweepConfig":
@@ -783,12 +784,6 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, Path]:
         raise DigitnetError(f"{sweep_dir / RESULTS_FILE}: no finished trials to report on yet")
     sweep = SweepConfig.load(sweep_dir / SWEEP_FILE)
     summary = sweep_dir / SUMMARY_FILE
-    _write_atomic(summary, format_summary(rows, sweep))
+    write_atomic(summary, format_summary(rows, sweep))
     return summary, plot_sweep(cell_table(rows), sweep_dir / PLOT_FILE)
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and rename, so a kill never leaves half a file."""
-    part = path.with_name(f".{path.name}.part")
-    part.write_text(text)
-    os.replace(part, path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from digitnet.augment import distort
 from digitnet.config import TrainConfig
 from digitnet.data import Mnist, Splits, load_mnist, split_validation
 from digitnet.errors import DigitnetError
+from digitnet.files import write_atomic
 from digitnet.model import N_PIXELS, build_model, logits_model
 
 HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
@@ -174,13 +174,6 @@ def epoch_key(seed: int, epoch: int) -> jax.Array:
 # ---------------------------------------------------------------- run folder I/O
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file and rename, so a crash or Ctrl-C never leaves a half-written file."""
-    part = path.with_name(f".{path.stem}.part{path.suffix}")
-    write(part)
-    os.replace(part, path)
-
-
 def write_history(path: Path, history: list[dict]) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as handle:
@@ -284,7 +277,7 @@ def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist 
         "n_train": len(splits.y_train), "n_val": len(splits.y_val), "n_test": len(data.test_labels),
         "device": jax.devices()[0].device_kind, "jax": jax.__version__, "keras": keras.__version__,
     }
-    write_atomic(out_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))
+    write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     n_test = len(data.test_labels)
     log(f"Test set: loss {test_loss:.4f}, accuracy {round(test_accuracy * n_test)}/{n_test} ({100 * test_accuracy:.2f}%)")
     return metrics
