@@ -231,6 +231,31 @@ def test_canvas_takes_the_flat_background_shortcut_to_the_same_result(image, mon
     assert_same_digit(fast, to_mnist(image), mean_tol=0.002, max_tol=0.02)
 
 
+def grey_photo() -> Image.Image:
+    """A black-and-white photo of a '2': grey paper with a gradient and noise, every pixel's R = G = B."""
+    rng = np.random.default_rng(5)
+    clean = np.asarray(draw_two((300, 300)).convert("L"), np.float32) * 0.7 + np.linspace(40, 70, 300)[None, :]
+    return Image.fromarray(np.clip(clean + rng.normal(0, 3, clean.shape), 0, 255).astype(np.uint8)).convert("RGB")
+
+
+@pytest.mark.parametrize(
+    "image",
+    [canvas(WHITE, BLACK), canvas(BLACK, WHITE, "RGBA"), canvas((0, 0, 0, 255), (0, 0, 0, 0), "RGBA"), grey_photo()],
+    ids=["white-on-black", "black-on-white-rgba", "black-on-transparent", "grey-photo"],
+)
+def test_grey_images_take_one_channel_to_the_same_result(image, monkeypatch):
+    colour, alpha = pipeline._as_arrays(pipeline._working_copy(image))
+    assert colour.shape[2] == 1
+    one_channel = to_mnist(image)
+    as_arrays = pipeline._as_arrays
+    monkeypatch.setattr(pipeline, "_as_arrays", lambda im: (np.repeat(as_arrays(im)[0], 3, axis=2), as_arrays(im)[1]))
+    np.testing.assert_allclose(one_channel, to_mnist(image), atol=1e-5)
+
+
+def test_colour_images_keep_their_three_channels():
+    assert pipeline._as_arrays(canvas((30, 60, 200), WHITE))[0].shape[2] == 3
+
+
 def test_photo_has_no_flat_background():
     rng = np.random.default_rng(3)
     clean = np.asarray(draw_two((400, 300), paper=(235, 225, 200)), np.float32) / 255
