@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -50,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: DIGITNET_DATA or the cache)")
     parser.add_argument("--canvas-size", type=int, default=280, help="side of the PNGs sent, pixels (the page's canvas is 280)")
     parser.add_argument("--upload", action="store_true", help="send multipart file uploads instead of JSON data URLs")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (digitnet serve --workers)")
     return parser.parse_args()
 
 
@@ -87,11 +89,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: str, port: int) -> subprocess.Popen:
-    """`digitnet serve` in a subprocess; returns once /healthz answers."""
-    command = [sys.executable, "-m", "digitnet.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(command)
+def start_server(model: str, port: int, workers: int) -> subprocess.Popen:
+    """`digitnet serve` in a subprocess; returns once each of its workers has loaded the model and /healthz answers."""
+    command = [sys.executable, "-m", "digitnet.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port),
+               "--workers", str(workers)]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    started = threading.Semaphore(0)
+    threading.Thread(target=relay_log, args=(server.stderr, started), daemon=True).start()
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    for _ in range(workers):  # uvicorn logs a startup line per worker once its app (and model) is ready
+        if not started.acquire(timeout=max(deadline - time.monotonic(), 0)):
+            server.kill()
+            raise SystemExit(f"server did not start {workers} worker(s) within {STARTUP_TIMEOUT_S:.0f} s")
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise SystemExit(f"server exited with code {server.returncode} before answering")
@@ -104,13 +113,30 @@ def start_server(model: str, port: int) -> subprocess.Popen:
     raise SystemExit(f"server did not answer within {STARTUP_TIMEOUT_S:.0f} s")
 
 
+def relay_log(stream, started: threading.Semaphore) -> None:
+    """Copy the server's log to ours, releasing `started` once per worker that finished starting up."""
+    for line in stream:
+        sys.stderr.write(line)
+        if "Application startup complete" in line:
+            started.release()
+
+
 def cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system, all threads) a process has used so far; None where /proc is missing."""
+    """CPU time (user + system, all threads) used so far by a process and its child processes; None without /proc."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        stats = {int(p.name): p.joinpath("stat").read_text().rsplit(")", 1)[1].split() for p in Path("/proc").glob("[0-9]*")
+                 if p.joinpath("stat").exists()}
+    except OSError:  # a process ended while /proc was read: try again
+        return cpu_seconds(pid)
+    if pid not in stats:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    tree, grew = {pid}, True
+    while grew:  # uvicorn's worker processes are children of the supervisor
+        children = {p for p, fields in stats.items() if int(fields[1]) in tree} - tree
+        tree |= children
+        grew = bool(children)
+    ticks = sum(int(stats[p][11]) + int(stats[p][12]) for p in tree)  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def stop_server(server: subprocess.Popen) -> None:
@@ -168,7 +194,8 @@ def report(
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, 1-minute load average before the bench "
           f"{load_before:.2f}; python {platform.python_version()}")
     kind = "multipart uploads" if args.upload else "JSON data URLs"
-    print(f"load: {args.clients} clients, {kind} of {args.canvas_size}x{args.canvas_size} canvas PNGs")
+    print(f"load: {args.clients} clients, {kind} of {args.canvas_size}x{args.canvas_size} canvas PNGs; "
+          f"server: {args.workers} worker process(es)")
     kinds = f" ({', '.join(f'{error}: {n}' for error, n in errors.items())})" if errors else ""
     print(f"requests: {len(ms)} in {wall_s:.2f} s = {len(ms) / wall_s:.0f} requests/s, errors: {sum(errors.values())}{kinds}")
     print(f"latency ms: p50 {np.percentile(ms, 50):.1f}, p90 {np.percentile(ms, 90):.1f}, "
@@ -185,7 +212,7 @@ def main() -> None:
     digits = load_mnist(args.data_dir).test_images[: args.images]
     bodies = make_bodies(digits, args.upload, args.canvas_size)
     port = free_port()
-    server = start_server(args.model, port)
+    server = start_server(args.model, port, args.workers)
     url = f"http://127.0.0.1:{port}/predict"
     try:
         asyncio.run(fire(url, bodies, args.warmup, args.clients, args.max_seconds))

@@ -248,11 +248,12 @@ def test_junk_never_makes_it_answer_500(client):
     assert client.get("/healthz").status_code == 200
 
 
-def test_serve_command_answers_on_loopback_and_stops_on_interrupt(run_dir):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_command_answers_on_loopback_and_stops_on_interrupt(run_dir, workers):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "digitnet.cli", "serve", str(run_dir), "--port", str(port)]
+    command = [sys.executable, "-m", "digitnet.cli", "serve", str(run_dir), "--port", str(port), "--workers", str(workers)]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -271,3 +272,12 @@ def test_serve_command_answers_on_loopback_and_stops_on_interrupt(run_dir):
         output, _ = server.communicate(timeout=30)
     assert server.returncode == 0, output
     assert f"http://127.0.0.1:{port}" in output
+    assert len(re.findall(r"Started server process", output)) == workers, output
+
+
+def test_serve_refuses_zero_workers_and_a_missing_model(run_dir, tmp_path):
+    for args, message in (([str(run_dir), "--workers", "0"], "workers: got 0"),
+                          ([str(tmp_path / "nope"), "--workers", "2"], "nope")):
+        done = subprocess.run([sys.executable, "-m", "digitnet.cli", "serve", *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr and "Traceback" not in done.stderr

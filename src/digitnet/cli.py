@@ -13,6 +13,7 @@ import typer
 from digitnet.config import (ACTIVATIONS, AUGMENTATIONS, FULL_BATCH, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig,
                              describe_recipe, load_recipe, recipe_names)
 from digitnet.errors import DigitnetError
+from digitnet.files import use_compilation_cache
 
 app = typer.Typer(
     help="Train, study and serve neural networks that read handwritten digits (MNIST).",
@@ -216,16 +217,18 @@ def serve(
     ),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on; 0.0.0.0 makes the page reachable from other machines."),
     port: int = typer.Option(8000, help="TCP port to listen on."),
+    workers: int = typer.Option(1, help="Server processes, each with its own copy of the model; one uses one core."),
 ) -> None:
     """Serve a drawing page at / and a prediction API at /predict, /model and /healthz."""
     # Imported here so that `digitnet --help` does not wait for JAX, Keras and the web stack to load.
     from digitnet.serve import run_server
 
-    run_server(model, host=host, port=port)
+    run_server(model, host=host, port=port, workers=workers)
 
 
 def main() -> None:
     """Entry point: a DigitnetError becomes one line on stderr and exit code 2."""
+    use_compilation_cache()
     try:
         app()
     except DigitnetError as err:

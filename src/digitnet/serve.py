@@ -22,6 +22,8 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from digitnet.errors import DigitnetError
+from digitnet.evaluate import model_file
 from digitnet.predict import Predictor, encode_png, prediction
 from digitnet.preprocess import ImageError, preprocess
 
@@ -30,6 +32,7 @@ from digitnet.preprocess import ImageError, preprocess
 MAX_BODY_BYTES = 5 * 1024 * 1024
 # Images up to this many pixels (the page's canvas has 78,400) are preprocessed on the event loop.
 INLINE_MAX_PIXELS = 512 * 512
+MODEL_ENV = "DIGITNET_SERVE_MODEL"  # how run_server tells its worker processes which model to load
 CANVAS_NAME = "canvas"  # the file name reported for images sent as a JSON data URL
 USAGE = 'send multipart/form-data with the image in field "file", or JSON {"image": "data:image/png;base64,..."}'
 
@@ -175,13 +178,31 @@ async def internal_error(request: Request, err: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"internal error ({type(err).__name__})"}, status_code=500)
 
 
-def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Load the model once, then serve it with uvicorn until interrupted."""
+def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Load the model once per worker process, then serve it with uvicorn until interrupted."""
+    if workers < 1:
+        raise DigitnetError(f"workers: got {workers}; give a whole number >= 1")
+    # No access log: a line per request, hundreds a second, costs CPU.
+    options = {"host": host, "port": port, "access_log": False, "log_level": "info"}
+    if workers == 1:
+        uvicorn.run(create_app(load_predictor(model)), **options)
+        return
+    # Several processes share the port, each with its own model: one Python process computes on one core.
+    # uvicorn starts them from an import string; the model reaches them through the environment.
+    model_file(model)  # a missing model is one error here, not one per worker
+    os.environ[MODEL_ENV] = os.fspath(model)
+    uvicorn.run("digitnet.serve:app_from_environment", factory=True, workers=workers, **options)
+
+
+def load_predictor(model: str | os.PathLike) -> Predictor:
+    """The model's Predictor, set up for one request at a time."""
     # One image through a small MLP takes microseconds: computing it on the calling thread is cheaper
     # than XLA's default hand-off to its own thread (measured 26 against 68 us a call, and far worse on
     # a busy machine). The setting applies to the CPU backend JAX creates next, so it comes first.
     jax.config.update("jax_cpu_enable_async_dispatch", False)
-    predictor = Predictor.load(model)
-    # One worker process: two (each loading its own model) served no more requests a second on two cores
-    # shared with the load generator. No access log: a line per request, hundreds a second, costs CPU.
-    uvicorn.run(create_app(predictor), host=host, port=port, workers=1, access_log=False, log_level="info")
+    return Predictor.load(model)
+
+
+def app_from_environment() -> FastAPI:
+    """The app for one of several worker processes: the model named by $DIGITNET_SERVE_MODEL."""
+    return create_app(load_predictor(os.environ[MODEL_ENV]))
