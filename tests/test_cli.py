@@ -18,7 +18,7 @@ SMALL_FLAGS = ["--train-size", "2000", "--val-size", "500", "--hidden", "32", "-
 
 
 def digitnet(*args: str, mnist_dir: Path, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DIGITNET_DATA": str(mnist_dir)}
+    env = {**kwargs.pop("env", os.environ), "DIGITNET_DATA": str(mnist_dir)}
     return subprocess.run([sys.executable, "-m", "digitnet.cli", *args], capture_output=True, text=True, env=env,
                           timeout=300, **kwargs)
 
@@ -70,7 +70,7 @@ def test_killed_run_resumes_to_the_straight_result(tmp_path, mnist_dir):
     assert straight.returncode == 0, straight.stderr
 
     run = tmp_path / "killed"
-    env = {**os.environ, "DIGITNET_DATA": str(mnist_dir)}
+    env = {**kwargs.pop("env", os.environ), "DIGITNET_DATA": str(mnist_dir)}
     process = subprocess.Popen([sys.executable, "-m", "digitnet.cli", "train", *flags, "--out", str(run)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
@@ -90,3 +90,36 @@ def test_help_states_defaults():
     done = subprocess.run([sys.executable, "-m", "digitnet.cli", "train", "--help"], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0 and "(default: [128])" in done.stdout and "(default: 128)" in done.stdout
+
+
+def test_compiled_programs_are_cached_and_reused_with_the_same_numbers(tmp_path, mnist_dir):
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    metrics = []
+    for attempt in range(2):
+        run = tmp_path / f"run{attempt}"
+        done = digitnet("train", *SMALL_FLAGS, "--epochs", "1", "--out", str(run), mnist_dir=mnist_dir, env=env)
+        assert done.returncode == 0, done.stderr
+        entries = sorted((tmp_path / "cache" / "digitnet" / "xla").glob("*-cache"))
+        assert entries, "no compiled program was cached"
+        if attempt == 0:
+            first_entries = entries
+        metrics.append(json.loads((run / "metrics.json").read_text()))
+    assert entries == first_entries, "the second run compiled programs the first had cached"
+    for key in ("test_accuracy", "test_loss", "loss", "val_loss"):
+        assert metrics[0][key] == metrics[1][key]
+
+
+def test_compilation_cache_goes_to_the_cache_folder_unless_the_user_chose_one(monkeypatch, tmp_path):
+    from digitnet.files import use_compilation_cache
+
+    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):
+        monkeypatch.delenv(name, raising=False)  # so that the test's changes are undone
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    use_compilation_cache()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "digitnet" / "xla")
+    assert os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    use_compilation_cache()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "mine")

@@ -24,7 +24,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from digitnet.errors import DigitnetError
-from digitnet.files import write_atomic
+from digitnet.files import cache_dir, write_atomic
 
 
 @dataclass(frozen=True)
@@ -242,12 +242,6 @@ def default_sources() -> list[Source]:
 
 
 # ---------------------------------------------------------------- the cache and the loader
-
-
-def cache_dir() -> Path:
-    """$XDG_CACHE_HOME/digitnet, or ~/.cache/digitnet."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "digitnet"
 
 
 def fetch_into_cache(cache: Path, sources: list[Source], log: Callable[[str], None]) -> str:

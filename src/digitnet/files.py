@@ -1,10 +1,31 @@
-"""Writing files so that a crash, a kill or Ctrl-C never leaves half of one."""
+"""Where digitnet keeps its caches, and writing files so that a crash, a kill or Ctrl-C never leaves half of one."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import Callable
+
+
+def cache_dir() -> Path:
+    """$XDG_CACHE_HOME/digitnet, or ~/.cache/digitnet: MNIST's files and XLA's compiled programs."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "digitnet"
+
+
+def use_compilation_cache() -> None:
+    """Keep the programs XLA compiles in cache_dir()/xla, so that running the same network again skips compiling.
+
+    Set through JAX's environment variables, which it reads when it is imported, so this must run first;
+    a user's own JAX_COMPILATION_CACHE_DIR wins. Every program is kept, not only those that took over a
+    second to compile (JAX's default): Keras initialises each layer's weights with its own small program,
+    and together those take longer to compile than the training epoch does for a small network.
+    The entries are keyed by the program, JAX's version and the machine, so a stale one is never used;
+    deleting the folder is always safe.
+    """
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_dir() / "xla"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def write_atomic(path: Path, content: bytes | str | Callable[[Path], None]) -> None:
