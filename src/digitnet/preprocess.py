@@ -379,15 +379,12 @@ def _digit_pieces(ink: np.ndarray) -> np.ndarray:
 
 def _piece_boxes(labels: np.ndarray) -> tuple[np.ndarray, ...]:
     """Each piece's label, area and bounding box (top, bottom, left, right, inclusive) as arrays."""
-    rows, cols = np.nonzero(labels)
-    pieces, index, area = np.unique(labels[rows, cols], return_inverse=True, return_counts=True)
-    top, left = np.full(pieces.size, labels.shape[0]), np.full(pieces.size, labels.shape[1])
-    bottom, right = np.zeros(pieces.size, int), np.zeros(pieces.size, int)
-    np.minimum.at(top, index, rows)
-    np.maximum.at(bottom, index, rows)
-    np.minimum.at(left, index, cols)
-    np.maximum.at(right, index, cols)
-    return pieces, area, top, bottom, left, right
+    boxes = ndimage.find_objects(labels)  # one pair of slices per label 1, 2, ..., in order
+    pieces = np.arange(1, len(boxes) + 1)
+    area = np.bincount(labels.ravel(), minlength=len(boxes) + 1)[1:]
+    top, bottom, left, right = (np.array([getattr(box[axis], end) for box in boxes], int)
+                                for axis, end in ((0, "start"), (0, "stop"), (1, "start"), (1, "stop")))
+    return pieces, area, top, bottom - 1, left, right - 1
 
 
 def _crop(ink: np.ndarray) -> np.ndarray:
