@@ -70,7 +70,7 @@ def test_killed_run_resumes_to_the_straight_result(tmp_path, mnist_dir):
     assert straight.returncode == 0, straight.stderr
 
     run = tmp_path / "killed"
-    env = {**kwargs.pop("env", os.environ), "DIGITNET_DATA": str(mnist_dir)}
+    env = {**os.environ, "DIGITNET_DATA": str(mnist_dir)}
     process = subprocess.Popen([sys.executable, "-m", "digitnet.cli", "train", *flags, "--out", str(run)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
