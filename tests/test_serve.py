@@ -275,6 +275,18 @@ def test_serve_command_answers_on_loopback_and_stops_on_interrupt(run_dir, worke
     assert len(re.findall(r"Started server process", output)) == workers, output
 
 
+def test_workers_on_a_port_in_use_stop_with_one_line(run_dir):
+    with socket.socket() as taken:  # a listener without SO_REUSEPORT: nobody else may bind the port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "digitnet.cli", "serve", str(run_dir), "--port", str(port),
+                               "--workers", "2"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("digitnet: error: a server worker stopped")
+
+
 def test_serve_refuses_zero_workers_and_a_missing_model(run_dir, tmp_path):
     for args, message in (([str(run_dir), "--workers", "0"], "workers: got 0"),
                           ([str(tmp_path / "nope"), "--workers", "2"], "nope")):

@@ -205,10 +205,18 @@ def _as_arrays(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         scale = 65535.0 if top > 255 else 255.0 if top > 1 else 1.0
         return np.clip(pixels / scale, 0.0, 1.0)[:, :, None], None
     raw = np.asarray(image)
-    grey = bool((raw[:, :, 0] == raw[:, :, 1]).all() and (raw[:, :, 0] == raw[:, :, 2]).all())
+    grey = _is_grey(raw)
     colour = (raw[:, :, :1] if grey else raw[:, :, :3]).astype(np.float32) / np.float32(255.0)
     alpha = raw[:, :, 3].astype(np.float32) / np.float32(255.0) if image.mode == "RGBA" else None
     return colour, alpha
+
+
+def _is_grey(raw: np.ndarray) -> bool:
+    """Whether every pixel of an 8-bit RGB or RGBA array has equal red, green and blue."""
+    if raw.shape[2] == 4:  # each pixel as one little-endian 32-bit word: one pass instead of two
+        words = raw.view("<u4")[:, :, 0]
+        return bool(((words & 0xFF) * 0x010101 == (words & 0xFFFFFF)).all())
+    return bool((raw[:, :, 0] == raw[:, :, 1]).all() and (raw[:, :, 0] == raw[:, :, 2]).all())
 
 
 def _luminance(rgb: np.ndarray) -> np.ndarray:
@@ -371,10 +379,13 @@ def _digit_pieces(ink: np.ndarray) -> np.ndarray:
     digit_sized = np.maximum(bottom - top, right - left) + 1 >= MIN_DIGIT_SPAN * max(rows, cols)
     candidate = ~(on_border & spans) if (~on_border & digit_sized).any() else np.ones_like(on_border)
     kept = pieces[candidate & (area >= MIN_PIECE * area[candidate].max())]
-    # Let the antialiased rim of a kept piece through: grow the mask by one coarse cell.
-    keep = ndimage.binary_dilation(np.isin(labels, kept), np.ones((3, 3), bool))
+    is_kept = np.zeros(len(pieces) + 1, bool)
+    is_kept[kept] = True
+    # Let the antialiased rim of a kept piece through: grow the mask by one coarse cell (a 3x3 maximum is
+    # a binary dilation, and scipy runs it several times faster).
+    keep = ndimage.maximum_filter(is_kept[labels], size=3, mode="constant")
     full = np.repeat(np.repeat(keep, block, axis=0), block, axis=1)[:height, :width]
-    return np.where(full, ink, 0.0).astype(np.float32)
+    return ink * full
 
 
 def _piece_boxes(labels: np.ndarray) -> tuple[np.ndarray, ...]:

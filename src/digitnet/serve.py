@@ -7,7 +7,13 @@ import binascii
 import io
 import json
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
+import signal
+import socket
+import sys
+import time
 from importlib import resources
 from typing import Any
 
@@ -32,7 +38,8 @@ from digitnet.preprocess import ImageError, preprocess
 MAX_BODY_BYTES = 5 * 1024 * 1024
 # Images up to this many pixels (the page's canvas has 78,400) are preprocessed on the event loop.
 INLINE_MAX_PIXELS = 512 * 512
-MODEL_ENV = "DIGITNET_SERVE_MODEL"  # how run_server tells its worker processes which model to load
+# No access log: a line per request, hundreds a second, costs CPU.
+UVICORN_OPTIONS = {"access_log": False, "log_level": "info"}
 CANVAS_NAME = "canvas"  # the file name reported for images sent as a JSON data URL
 USAGE = 'send multipart/form-data with the image in field "file", or JSON {"image": "data:image/png;base64,..."}'
 
@@ -182,16 +189,64 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
     """Load the model once per worker process, then serve it with uvicorn until interrupted."""
     if workers < 1:
         raise DigitnetError(f"workers: got {workers}; give a whole number >= 1")
-    # No access log: a line per request, hundreds a second, costs CPU.
-    options = {"host": host, "port": port, "access_log": False, "log_level": "info"}
     if workers == 1:
-        uvicorn.run(create_app(load_predictor(model)), **options)
+        uvicorn.run(create_app(load_predictor(model)), host=host, port=port, **UVICORN_OPTIONS)
         return
-    # Several processes share the port, each with its own model: one Python process computes on one core.
-    # uvicorn starts them from an import string; the model reaches them through the environment.
     model_file(model)  # a missing model is one error here, not one per worker
-    os.environ[MODEL_ENV] = os.fspath(model)
-    uvicorn.run("digitnet.serve:app_from_environment", factory=True, workers=workers, **options)
+    # Several processes, one per core, each with its own listening socket on the same port (SO_REUSEPORT):
+    # the kernel spreads new connections over them. With one shared socket, as uvicorn's own --workers
+    # has, whichever process wakes first accepts a whole burst of connections, and keep-alive clients
+    # then stay on it: in one load test, one of two workers got all 32 clients.
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=serve_worker, args=(os.fspath(model), host, port)) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    address = f"[{host}]" if ":" in host else host
+    print(f"digitnet: {workers} worker processes serving on http://{address}:{port} (Press CTRL+C to quit)",
+          file=sys.stderr, flush=True)
+    try:
+        ended = multiprocessing.connection.wait([process.sentinel for process in processes])  # until one stops
+    except KeyboardInterrupt:
+        ended = []
+    for process in processes:
+        if process.sentinel in ended:
+            process.join()  # its exit code is known only once it is reaped
+    failed = [process.exitcode for process in processes if process.sentinel in ended and process.exitcode != 0]
+    stop_workers(processes)
+    if failed:
+        raise DigitnetError(f"a server worker stopped with exit code {failed[0]}; its message is above")
+
+
+def serve_worker(model: str, host: str, port: int) -> None:
+    """One of several server processes: bind its own socket to the shared port, load the model, serve."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        print(f"digitnet: error: cannot listen on {host}:{port}: {err.strerror or err}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        app = create_app(load_predictor(model))
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)).run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal's group, this one included
+        pass
+
+
+def stop_workers(processes: list[multiprocessing.process.BaseProcess], timeout: float = 10.0) -> None:
+    """Let the workers finish as on Ctrl-C (which a terminal sends them too), then end any that remain."""
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        process.join(0.5)  # those that got Ctrl-C from the terminal are already shutting down
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGINT)
+    for process in processes:
+        process.join(max(deadline - time.monotonic(), 0))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def load_predictor(model: str | os.PathLike) -> Predictor:
@@ -201,8 +256,3 @@ def load_predictor(model: str | os.PathLike) -> Predictor:
     # a busy machine). The setting applies to the CPU backend JAX creates next, so it comes first.
     jax.config.update("jax_cpu_enable_async_dispatch", False)
     return Predictor.load(model)
-
-
-def app_from_environment() -> FastAPI:
-    """The app for one of several worker processes: the model named by $DIGITNET_SERVE_MODEL."""
-    return create_app(load_predictor(os.environ[MODEL_ENV]))
