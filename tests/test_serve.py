@@ -289,6 +289,7 @@ def test_workers_on_a_port_in_use_stop_with_one_line(run_dir):
 
 def test_serve_refuses_zero_workers_and_a_missing_model(run_dir, tmp_path):
     for args, message in (([str(run_dir), "--workers", "0"], "workers: got 0"),
+                          ([str(run_dir), "--workers", "2", "--port", "0"], "--port 0"),
                           ([str(tmp_path / "nope"), "--workers", "2"], "nope")):
         done = subprocess.run([sys.executable, "-m", "digitnet.cli", "serve", *args], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, done.stderr

@@ -192,6 +192,10 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
     if workers == 1:
         uvicorn.run(create_app(load_predictor(model)), host=host, port=port, **UVICORN_OPTIONS)
         return
+    if port == 0:  # each worker would be given a port of its own
+        raise DigitnetError("--port 0 (any free port) works with one worker only; name a port for --workers above 1")
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise DigitnetError("--workers above 1 needs SO_REUSEPORT (Linux, macOS, BSD); use --workers 1 here")
     model_file(model)  # a missing model is one error here, not one per worker
     # Several processes, one per core, each with its own listening socket on the same port (SO_REUSEPORT):
     # the kernel spreads new connections over them. With one shared socket, as uvicorn's own --workers
