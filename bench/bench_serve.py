@@ -5,7 +5,7 @@ drawing page sends (MNIST test digits, scaled up tenfold, white on black, RGBA, 
 throughput and latency, and stops the server. The client shares the machine's cores with the server, so the
 figures are a lower bound on what the server alone can do.
 
-    python bench/bench_serve.py runs/RUN [--clients 32] [--requests 10000] [--max-seconds 30]
+    python bench/bench_serve.py runs/RUN [--clients 32] [--requests 10000] [--max-seconds 30] [--workers 1]
 """
 
 from __future__ import annotations
@@ -123,15 +123,16 @@ def relay_log(stream, started: threading.Semaphore) -> None:
 
 def cpu_seconds(pid: int) -> float | None:
     """CPU time (user + system, all threads) used so far by a process and its child processes; None without /proc."""
-    try:
-        stats = {int(p.name): p.joinpath("stat").read_text().rsplit(")", 1)[1].split() for p in Path("/proc").glob("[0-9]*")
-                 if p.joinpath("stat").exists()}
-    except OSError:  # a process ended while /proc was read: try again
-        return cpu_seconds(pid)
+    stats = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while /proc was read
+            continue
     if pid not in stats:
         return None
     tree, grew = {pid}, True
-    while grew:  # uvicorn's worker processes are children of the supervisor
+    while grew:  # `digitnet serve --workers N` runs its workers as child processes
         children = {p for p, fields in stats.items() if int(fields[1]) in tree} - tree
         tree |= children
         grew = bool(children)
