@@ -24,6 +24,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: DIGITNET_DATA or the cache)")
     args = parser.parse_args()
     import digitnet  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
+    from digitnet.startup import hide_optional_imports_from_keras
+    hide_optional_imports_from_keras()  # as the `digitnet` command does
     import jax  # noqa: F401
     mark("imported jax")
     import keras  # noqa: F401

@@ -14,6 +14,7 @@ from digitnet.config import (ACTIVATIONS, AUGMENTATIONS, FULL_BATCH, OPTIMIZERS,
                              describe_recipe, load_recipe, recipe_names)
 from digitnet.errors import DigitnetError
 from digitnet.files import use_compilation_cache
+from digitnet.startup import hide_optional_imports_from_keras
 
 app = typer.Typer(
     help="Train, study and serve neural networks that read handwritten digits (MNIST).",
@@ -229,6 +230,7 @@ def serve(
 def main() -> None:
     """Entry point: a DigitnetError becomes one line on stderr and exit code 2."""
     use_compilation_cache()
+    hide_optional_imports_from_keras()
     try:
         app()
     except DigitnetError as err:
