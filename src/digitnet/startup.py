@@ -16,7 +16,7 @@ HIDDEN_FROM_KERAS = ("sklearn", "pandas", "matplotlib")
 class _HideFromKeras(importlib.abc.MetaPathFinder):
     """Answers "not installed" for the hidden packages while, and only while, `keras` is being imported."""
 
-    def find_spec(self, name, path=None, target=None):  # noqa: ANN001 - the MetaPathFinder protocol
+    def find_spec(self, name, path=None, target=None):
         if name.partition(".")[0] in HIDDEN_FROM_KERAS and _keras_importing():
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None  # let the usual finders look
