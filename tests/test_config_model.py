@@ -51,6 +51,13 @@ def test_saved_model_loads_with_plain_keras(tmp_path):
     ("learning_rate", -1.0, "learning_rate: got -1.0"),
     ("epochs", 0, "epochs: got 0"),
     ("dropout", 1.0, "dropout: got 1.0"),
+    ("learning_rate", float("nan"), "learning_rate: got nan; allowed: a finite number > 0"),
+    ("learning_rate", float("inf"), "learning_rate: got inf"),
+    ("momentum", float("nan"), "momentum: got nan"),
+    ("weight_decay", float("nan"), "weight_decay: got nan"),
+    ("elastic_alpha", float("nan"), "elastic_alpha: got nan"),
+    ("train_size", 100000, "the training split holds 55000 images"),
+    ("activation", ("relu", "tanh", "relu"), "got 3 values for 1 hidden layer;"),
 ])
 def test_bad_values_name_the_field_and_what_is_allowed(field, value, words):
     with pytest.raises(ConfigError, match=None) as info:

@@ -21,9 +21,9 @@ from digitnet.cli import app
 from digitnet.config import TrainConfig
 from digitnet.errors import DigitnetError
 from digitnet.model import build_model
-from digitnet.evaluate import model_file
+from digitnet.evaluate import load_run_model, model_file
 from digitnet.predict import BATCH_SIZES, Predictor, read_test_accuracy
-from digitnet.preprocess import preprocess
+from digitnet.preprocess import ImageError, preprocess
 
 HIDDEN = 16  # a 784-16-10 network: 12,730 parameters, built in a blink; only shapes matter here
 TEST_ACCURACY = 0.5  # written into the fake run's metrics.json
@@ -138,11 +138,21 @@ def test_a_bad_model_path_is_a_one_line_error_with_exit_code_2(images, tmp_path)
     assert re.fullmatch(r"digitnet: error: model: .*nowhere does not exist; .*\n", done.stderr)
 
 
-@pytest.mark.parametrize("make", ["empty folder", "wrong suffix", "corrupt file", "not an MNIST model"])
-def test_bad_model_paths_raise_digitnet_error(tmp_path, make):
-    if make == "not an MNIST model":
+@pytest.mark.parametrize("make, words", [
+    ("empty folder", "without model.keras"),
+    ("wrong suffix", "is not a .keras file"),
+    ("corrupt file", "is not a Keras model (a .keras file is a zip archive)"),
+    ("not an MNIST model", "takes inputs of shape (10,)"),
+    ("three classes", "gives outputs of shape (3,), not the 10 digit classes"),
+    ("no softmax", "does not end in a softmax"),
+])
+def test_bad_model_paths_raise_digitnet_error(tmp_path, make, words):
+    layers = {"not an MNIST model": [keras.Input(shape=(10,)), keras.layers.Dense(2)],
+              "three classes": [keras.Input(shape=(784,)), keras.layers.Dense(3, activation="softmax")],
+              "no softmax": [keras.Input(shape=(784,)), keras.layers.Dense(10)]}
+    if make in layers:
         path = tmp_path / "model.keras"
-        keras.Sequential([keras.Input(shape=(10,)), keras.layers.Dense(2)]).save(path)
+        keras.Sequential(layers[make]).save(path)
     elif make == "empty folder":
         path = tmp_path
     elif make == "wrong suffix":
@@ -151,8 +161,27 @@ def test_bad_model_paths_raise_digitnet_error(tmp_path, make):
     else:
         path = tmp_path / "model.keras"
         path.write_bytes(b"not a zip archive")
-    with pytest.raises(DigitnetError, match="model: "):
-        Predictor.load(path)
+    for load in (Predictor.load, load_run_model):  # predict, serve, and evaluate alike
+        with pytest.raises(DigitnetError, match="model: ") as info:
+            load(path)
+        assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_blank_image_is_an_error_entry_not_a_digit(run_dir, tmp_path):
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (200, 200), "white").save(blank)
+    result = invoke("predict", run_dir, blank, "--json")
+    assert result.exit_code == 1
+    [entry] = json.loads(result.stdout)
+    assert set(entry) == {"file", "error"} and "shows no digit" in entry["error"]
+
+
+def test_an_empty_file_gets_the_same_message_by_path_and_by_bytes(tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    for source in (empty, b""):
+        with pytest.raises(ImageError, match=r"is empty \(0 bytes\); use a PNG or JPEG file"):
+            preprocess(source)
 
 
 def test_model_file_accepts_a_run_folder_or_a_keras_file(run_dir):

@@ -55,10 +55,11 @@ def small_client(predictor) -> TestClient:
     return TestClient(create_app(predictor, max_body_bytes=SMALL_LIMIT), raise_server_exceptions=False)
 
 
-def canvas_png(size: int = 280) -> bytes:
-    """A drawing like the page sends: a white "1" on an opaque black RGBA canvas."""
+def canvas_png(size: int = 280, lines: int = 1) -> bytes:
+    """A drawing like the page sends: a white "1" on an opaque black RGBA canvas (lines=0: a cleared canvas)."""
     image = Image.new("RGBA", (size, size), (0, 0, 0, 255))
-    ImageDraw.Draw(image).line([(size * 0.55, size * 0.15), (size * 0.45, size * 0.85)], fill="white", width=size // 14)
+    if lines:
+        ImageDraw.Draw(image).line([(size * 0.55, size * 0.15), (size * 0.45, size * 0.85)], fill="white", width=size // 14)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -195,6 +196,7 @@ MALFORMED = {
     "multipart without boundary": ({"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}}, 400),
     "multipart garbage": ({"content": b"garbage", "headers": {"content-type": "multipart/form-data; boundary=zz"}}, 400),
     "multipart not an image": ({"files": {"file": ("a.png", b"GIF89a but not really", "image/png")}}, 422),
+    "blank canvas": ({"json": {"image": data_url(canvas_png(lines=0))}}, 422),
 }
 
 
@@ -275,22 +277,25 @@ def test_serve_command_answers_on_loopback_and_stops_on_interrupt(run_dir, worke
     assert len(re.findall(r"Started server process", output)) == workers, output
 
 
-def test_workers_on_a_port_in_use_stop_with_one_line(run_dir):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_in_use_stops_with_one_line(run_dir, workers):
     with socket.socket() as taken:  # a listener without SO_REUSEPORT: nobody else may bind the port
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run([sys.executable, "-m", "digitnet.cli", "serve", str(run_dir), "--port", str(port),
-                               "--workers", "2"], capture_output=True, text=True, timeout=120)
+                               "--workers", str(workers)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("digitnet: error: a server worker stopped")
+    assert done.stderr.strip().splitlines() == [
+        f"digitnet: error: cannot listen on 127.0.0.1:{port}: Address already in use; choose another --port or --host"]
 
 
 def test_serve_refuses_zero_workers_and_a_missing_model(run_dir, tmp_path):
     for args, message in (([str(run_dir), "--workers", "0"], "workers: got 0"),
                           ([str(run_dir), "--workers", "2", "--port", "0"], "--port 0"),
-                          ([str(tmp_path / "nope"), "--workers", "2"], "nope")):
+                          ([str(tmp_path / "nope"), "--workers", "2"], "nope"),
+                          ([str(run_dir), "--port", "99999"], "port: got 99999; allowed: 1 to 65535"),
+                          ([str(run_dir), "--port", "-1"], "port: got -1")):
         done = subprocess.run([sys.executable, "-m", "digitnet.cli", "serve", *args], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr

@@ -93,6 +93,45 @@ def test_summary_says_where_the_gain_stops():
     assert width_gain_stop(by_width)["width"] == 64
 
 
+def grid_rows(seed_counts: dict[tuple[int, int], int]) -> list[dict]:
+    """Rows of a (width, depth) grid with the given number of seeds per cell; test accuracy rises with width."""
+    return [fake_row(w, d, s, val=0.9, test=0.90 + w / 1000 + s / 1000) for (w, d), n in seed_counts.items() for s in range(n)]
+
+
+def test_one_seed_per_cell_gives_means_and_no_spread_verdicts():
+    rows = grid_rows({(8, 1): 1, (16, 1): 1, (8, 2): 1, (16, 2): 1})
+    summary = format_summary(rows, SweepConfig(widths=(8, 16), depths=(1, 2), seeds=(0,), base=SMALL))
+    assert "more than the seed spread" not in summary and "±" not in summary and "helped" not in summary
+    assert summary.count("No verdicts: they need at least 2 seeds per cell, and every cell here has only 1.") == 2
+    assert "1 seed per cell; 1 epoch," in summary and "4 of 4 trials finished" in summary
+    assert "test 90.80% (n=1)" in summary and "depth 1 91.60% (n=1), depth 2 91.60% (n=1);" in summary
+    assert "| 1 | 90.00% | 90.80% | 0.1000 | 1.0 |" in summary
+
+
+def test_a_cell_with_one_seed_among_several_holds_back_the_verdicts():
+    # A sweep still running: the cell (16, 2) has one seed so far, so its std of 0 is no spread to compare against.
+    rows = grid_rows({(8, 1): 2, (16, 1): 2, (8, 2): 2, (16, 2): 1})
+    summary = format_summary(rows, SweepConfig(widths=(8, 16), depths=(1, 2), seeds=(0, 1), base=SMALL))
+    assert "more than the seed spread" not in summary
+    assert summary.count("No verdicts: they need at least 2 seeds per cell, and 1 of 4 cells here has only 1.") == 2
+    assert "depth 1 91.65% ± 0.07%, depth 2 91.60% (n=1);" in summary and "A cell with n=1 has no spread yet" in summary
+
+
+def test_counts_of_one_are_singular(tmp_path, monkeypatch):
+    def fake_training(config, out_dir, **kwargs):  # the messages are the point, not the training
+        return {"params": count_params(8, 1), "val_accuracy": 0.5, "test_accuracy": 0.5, "test_loss": 1.0,
+                "train_seconds": 0.1, "compile_seconds": 0.1, "epochs": 1}
+
+    monkeypatch.setattr(digitnet.train, "train_and_evaluate", fake_training)
+    lines: list[str] = []
+    run_sweep(SweepConfig(widths=(8,), depths=(1,), seeds=(0,), base=SMALL), tmp_path, data=object(), log=lines.append)
+    assert ": 1 trial, 0 finished before, 1 to run in this process" in lines[0]
+    assert "1 of 1 trial finished; 1 seed per cell; 1 epoch," in (tmp_path / "summary.md").read_text()
+    two_seeds = grid_rows({(8, 1): 2, (16, 1): 2})
+    summary = format_summary(two_seeds, SweepConfig(widths=(8, 16), depths=(1,), seeds=(0, 1), base=SMALL))
+    assert "by more than the seed spread at 1 of 1 depth):" in summary
+
+
 def test_a_stopped_sweep_resumes_without_training_a_finished_trial_again(tmp_path, mnist, monkeypatch):
     sweep = SweepConfig(widths=(8, 16), depths=(1,), seeds=(0, 1), base=SMALL.replace(epochs=2))
     order = [t.trial_id for t in sweep.trials()]
@@ -141,7 +180,7 @@ def test_a_failed_trial_does_not_stop_the_others(tmp_path, monkeypatch):
     monkeypatch.setattr(digitnet.train, "train_and_evaluate", fake_training)
     lines: list[str] = []
     sweep = SweepConfig(widths=(8, 16, 32), depths=(1,), seeds=(0,), base=SMALL)
-    with pytest.raises(DigitnetError, match=r"1 trial\(s\) failed \(w16-d1-relu-b128-s0\)"):
+    with pytest.raises(DigitnetError, match=r"^1 trial failed \(w16-d1-relu-b128-s0\)"):
         run_sweep(sweep, tmp_path, data=object(), log=lines.append)
     assert [row["width"] for row in read_results(tmp_path / "results.csv")] == [8, 32]
     assert "w16-d1-relu-b128-s0: failed: loss became nan in epoch 1" in lines

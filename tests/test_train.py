@@ -10,7 +10,8 @@ import pytest
 from digitnet.config import TrainConfig, load_recipe, recipe_names
 from digitnet.model import build_model
 from digitnet.data import split_validation
-from digitnet.train import Trainer, TrainingDiverged, read_history, train_and_evaluate
+from digitnet.errors import DigitnetError
+from digitnet.train import Trainer, TrainingDiverged, read_history, start_trainer, train_and_evaluate
 
 SMALL = dict(train_size=1000, val_size=500, hidden=(32,))
 
@@ -116,3 +117,48 @@ def test_each_recipe_runs_one_short_epoch(mnist, tmp_path, name):
     metrics = train_and_evaluate(config, tmp_path / name, data=mnist, log=lambda _: None)
     assert metrics["epochs"] == 1 and metrics["params"] == build_model(config).count_params()
     assert 0.2 < metrics["test_accuracy"] <= 1
+
+
+def test_interrupt_in_the_first_epoch_saves_no_model_and_the_same_command_starts_over(mnist, tmp_path, monkeypatch):
+    config = TrainConfig(**SMALL, epochs=1)
+    lines = []
+
+    def interrupted(self, epoch):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "run_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train_and_evaluate(config, tmp_path / "run", data=mnist, log=lines.append)
+    assert "interrupted in epoch 1, before anything was saved" in lines[-1]
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.json"]  # no untrained model.keras
+    metrics = train_and_evaluate(config, tmp_path / "run", data=mnist, log=lambda _: None)  # the same folder again
+    assert metrics["epochs"] == 1 and (tmp_path / "run/model.keras").is_file()
+
+
+def test_a_file_as_run_folder_is_a_one_line_error(mnist, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DigitnetError, match=r"notes.txt: is a file, not a folder; choose another --out"):
+        train_and_evaluate(TrainConfig(**SMALL), tmp_path / "notes.txt", data=mnist)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_network_too_big_for_memory_is_a_one_line_error(mnist, monkeypatch):
+    import jax
+
+    def exhausted(self, config, splits):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 627200000000 bytes.")
+
+    monkeypatch.setattr(Trainer, "__init__", exhausted)
+    splits = split_validation(mnist, 500, 0, 1000)
+    with pytest.raises(DigitnetError, match=r"not enough memory for a network with hidden layers \[200000000\]"):
+        start_trainer(TrainConfig(**{**SMALL, "hidden": (200000000,)}), splits)
+
+
+def test_resuming_a_finished_run_says_so(mnist, tmp_path):
+    config = TrainConfig(**SMALL, epochs=1)
+    first = train_and_evaluate(config, tmp_path / "run", data=mnist, log=lambda _: None)
+    lines = []
+    again = train_and_evaluate(config, tmp_path / "run", data=mnist, resume=True, log=lines.append)
+    assert any("all 1 epoch was done before; evaluating it again" in line for line in lines)
+    assert again["test_accuracy"] == first["test_accuracy"]

@@ -10,6 +10,11 @@ from typing import Annotated, Optional
 
 import typer
 
+try:  # Typer 0.29 and later carry their own copy of click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
 from digitnet.config import (ACTIVATIONS, AUGMENTATIONS, FULL_BATCH, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig,
                              describe_recipe, load_recipe, recipe_names)
 from digitnet.errors import DigitnetError
@@ -107,7 +112,6 @@ def train(
         return
     config = config_from_flags(recipe, overrides)
     out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    print(f"run folder: {out}")
     train_and_evaluate(config, out, data_dir=data_dir)
 
 
@@ -228,17 +232,28 @@ def serve(
 
 
 def main() -> None:
-    """Entry point: a DigitnetError becomes one line on stderr and exit code 2."""
+    """Entry point: a DigitnetError or a wrong command line becomes one line on stderr and exit code 2."""
     use_compilation_cache()
     hide_optional_imports_from_keras()
     try:
-        app()
+        code = app(prog_name="digitnet", standalone_mode=False)  # errors come back to us instead of as Typer's boxed panels
+    except NoArgsIsHelpError as err:  # a bare `digitnet` or `digitnet sweep`: show the help, as Typer would
+        err.show()
+        sys.exit(err.exit_code)
+    except UsageError as err:  # a missing argument, an unknown option, "abc" for a number ...
+        see = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+        print(f"digitnet: error: {err.format_message().rstrip('.')}{see}", file=sys.stderr)
+        sys.exit(2)
     except DigitnetError as err:
         print(f"digitnet: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except MemoryError:
+        print("digitnet: error: out of memory; use a smaller network, batch or --train-size", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("digitnet: interrupted", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) comes back as its code
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -16,6 +17,7 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("cosine", "constant")
 AUGMENTATIONS = ("none", "elastic")
 FULL_BATCH = "full"
+N_TRAIN = 60000  # MNIST's training images, from which the validation split is carved
 
 
 class ConfigError(DigitnetError, ValueError):
@@ -58,7 +60,7 @@ class TrainConfig:
             raise ConfigError(f"hidden: got {list(self.hidden)}; each hidden layer needs a whole number of neurons >= 1")
         if len(self.activation) not in (1, len(self.hidden)) or not self.activation:
             raise ConfigError(
-                f"activation: got {len(self.activation)} values for {len(self.hidden)} hidden layers; "
+                f"activation: got {_count(len(self.activation), 'value')} for {_count(len(self.hidden), 'hidden layer')}; "
                 "give one for all layers or one per layer"
             )
         for name in self.activation:
@@ -75,16 +77,20 @@ class TrainConfig:
         _positive("epochs", self.epochs, integer=True)
         _fraction("momentum", self.momentum)
         _fraction("dropout", self.dropout)
-        if not 0 <= self.weight_decay < 1:
+        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < 1:
             raise ConfigError(f"weight_decay: got {self.weight_decay!r}; allowed: a number in [0, 1)")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed: got {self.seed!r}; allowed: a whole number >= 0")
-        if not isinstance(self.val_size, int) or not 1 <= self.val_size < 60000:
-            raise ConfigError(f"val_size: got {self.val_size!r}; allowed: a whole number from 1 to 59999")
+        if not isinstance(self.val_size, int) or not 1 <= self.val_size < N_TRAIN:
+            raise ConfigError(f"val_size: got {self.val_size!r}; allowed: a whole number from 1 to {N_TRAIN - 1}")
         if self.train_size is not None and (not isinstance(self.train_size, int) or self.train_size < 1):
             raise ConfigError(f"train_size: got {self.train_size!r}; allowed: a whole number >= 1, or none for all")
+        if isinstance(self.val_size, int) and self.train_size is not None and self.train_size > N_TRAIN - self.val_size:
+            raise ConfigError(f"train_size: got {self.train_size}; the training split holds {N_TRAIN - self.val_size} images "
+                              f"({N_TRAIN} less val_size {self.val_size}); give at most that, or none for all")
         for name in ("elastic_alpha", "elastic_sigma", "max_rotation", "max_scale", "max_shear"):
-            if getattr(self, name) < 0:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name}: got {getattr(self, name)!r}; allowed: a number >= 0")
 
     @property
@@ -123,6 +129,11 @@ class TrainConfig:
             raise ConfigError(f"cannot read config {path}: {err}") from None
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 value', '2 values'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name}: got {value!r}; allowed: {', '.join(allowed)}")
@@ -130,12 +141,12 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 def _positive(name: str, value: Any, integer: bool = False) -> None:
     kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-        raise ConfigError(f"{name}: got {value!r}; allowed: a {'whole ' if integer else ''}number > 0")
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name}: got {value!r}; allowed: a {'whole' if integer else 'finite'} number > 0")
 
 
 def _fraction(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:  # NaN fails too
         raise ConfigError(f"{name}: got {value!r}; allowed: a number in [0, 1)")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import digitnet  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
@@ -13,7 +14,7 @@ from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_
 
 from digitnet.data import Mnist, load_mnist
 from digitnet.errors import DigitnetError
-from digitnet.model import N_CLASSES, make_predict_fn
+from digitnet.model import N_CLASSES, N_PIXELS, make_predict_fn
 
 CLASSES = list(range(N_CLASSES))
 
@@ -34,12 +35,30 @@ def model_file(path: str | Path) -> Path:
 
 
 def load_run_model(path: str | Path, compile: bool = True) -> keras.Model:
-    """The model of a run folder or of a .keras file."""
+    """The model of a run folder or of a .keras file, checked to read MNIST digits: 784 pixels in, 10 probabilities out."""
     file = model_file(path)
+    if not zipfile.is_zipfile(file):  # Keras reports these as "File not found", which misleads
+        raise DigitnetError(f"model: {file} is not a Keras model (a .keras file is a zip archive); retrain or pick another file")
     try:
-        return keras.saving.load_model(file, compile=compile)
+        model = keras.saving.load_model(file, compile=compile)
     except Exception as err:  # Keras raises many types for a bad file; all mean the same to the user
         raise DigitnetError(f"model: cannot load {file} ({type(err).__name__}: {err}); retrain or pick another file") from None
+    check_digit_model(model, file)
+    return model
+
+
+def check_digit_model(model: keras.Model, file: Path) -> None:
+    """A DigitnetError unless the model maps 784 pixels to probabilities of the 10 digits, as digitnet's do."""
+    shapes = (getattr(model, "input_shape", None), getattr(model, "output_shape", None))
+    if not all(isinstance(shape, tuple) for shape in shapes):
+        raise DigitnetError(f"model: {file} has several inputs or outputs; digitnet reads models with one of each")
+    if tuple(shapes[0][1:]) != (N_PIXELS,):
+        raise DigitnetError(f"model: {file} takes inputs of shape {shapes[0][1:]}, not MNIST's ({N_PIXELS},); give a digitnet model")
+    if tuple(shapes[1][1:]) != (N_CLASSES,):
+        raise DigitnetError(f"model: {file} gives outputs of shape {shapes[1][1:]}, not the {N_CLASSES} digit classes; give a digitnet model")
+    last = model.layers[-1] if model.layers else None
+    if not (isinstance(last, keras.layers.Softmax) or getattr(last, "activation", None) is keras.activations.softmax):
+        raise DigitnetError(f"model: {file} does not end in a softmax, so its outputs are not probabilities; give a digitnet model")
 
 
 def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:

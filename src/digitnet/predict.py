@@ -19,7 +19,7 @@ from PIL import Image
 
 from digitnet.errors import DigitnetError
 from digitnet.evaluate import load_run_model, model_file
-from digitnet.model import N_CLASSES, N_PIXELS, layer_sizes, make_predict_fn
+from digitnet.model import N_CLASSES, layer_sizes, make_predict_fn
 from digitnet.preprocess import ImageError, preprocess
 
 # XLA compiles once per input shape: padding every batch up to one of these sizes keeps it to four
@@ -42,10 +42,7 @@ class Predictor:
     def load(cls, path: str | os.PathLike) -> "Predictor":
         """Load a run folder (its model.keras) or a .keras file, and compile it for every batch size."""
         model_path = model_file(path)
-        model = load_run_model(model_path, compile=False)
-        if tuple(model.input_shape[1:]) != (N_PIXELS,):
-            raise DigitnetError(f"model: {model_path} takes inputs of shape {model.input_shape[1:]}, not MNIST's ({N_PIXELS},)")
-        return cls(model, model_path)
+        return cls(load_run_model(model_path, compile=False), model_path)
 
     def _warm_up(self) -> None:
         """Run each padded batch size once, so that compiling happens now rather than on a request."""
@@ -128,7 +125,7 @@ def read_images(sources: Iterable[str | os.PathLike | bytes]) -> tuple[dict[int,
     errors: dict[int, str] = {}
     for i, source in enumerate(sources):
         try:
-            images[i] = preprocess(source)
+            images[i] = preprocess(source, require_ink=True)
         except ImageError as err:
             errors[i] = str(err)
         except OSError as err:  # e.g. a folder or an unreadable file given as an image
@@ -153,6 +150,8 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def save_images(images: Sequence[np.ndarray], names: Sequence[str], out_dir: Path) -> list[Path]:
     """Write each image as NAME_28x28.png in out_dir, adding -1, -2, ... rather than overwrite a file."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DigitnetError(f"save-preprocessed: {out_dir} is a file; give a folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         return [_write_new_file(out_dir, _safe_stem(name) + "_28x28", encode_png(image)) for image, name in zip(images, names)]

@@ -84,7 +84,7 @@ def load_image(source: bytes | str | os.PathLike) -> Image.Image:
     except IsADirectoryError:
         raise ImageError(f"cannot read {name}: it is a folder, not an image file") from None
     except Image.UnidentifiedImageError:
-        raise ImageError(f"{name} is not an image Pillow can read; send a PNG, JPEG, GIF, BMP, TIFF or WebP file") from None
+        raise ImageError(f"{name} is not an image Pillow can read; use a PNG, JPEG, GIF, BMP, TIFF or WebP file") from None
     except Exception as err:  # noqa: BLE001 - decoders of untrusted bytes raise many types (OSError, SyntaxError, struct.error ...)
         raise ImageError(f"{name} is truncated or corrupt ({_one_line(err)}); save it again or send another file") from None
     if image.mode not in _MODES:
@@ -129,9 +129,17 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     return _place_by_mass(_fit_box(_normalise_stroke(_crop(ink))))
 
 
-def preprocess(source: bytes | str | os.PathLike) -> np.ndarray:
-    """Load an image from bytes or a path and return MNIST's (28, 28) float32 input for it."""
-    return to_mnist(load_image(source))
+def preprocess(source: bytes | str | os.PathLike, *, require_ink: bool = False) -> np.ndarray:
+    """Load an image from bytes or a path and return MNIST's (28, 28) float32 input for it.
+
+    With require_ink, an image with no ink (blank, or strokes too faint) is an ImageError instead of
+    all zeros: a network asked about an empty frame still answers some digit, which would mislead.
+    """
+    pixels = to_mnist(load_image(source))
+    if require_ink and not pixels.any():
+        raise ImageError(f"{_as_file(source)[1]} shows no digit: it is blank, or its strokes are too faint to tell "
+                         "from the background; write or draw darker")
+    return pixels
 
 
 # Loading ---------------------------------------------------------------------------------------------
@@ -141,10 +149,13 @@ def _as_file(source: bytes | str | os.PathLike) -> tuple[io.BytesIO | str | os.P
     """A file Pillow can open, and a name for it in messages."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
-            raise ImageError("the image is empty (0 bytes); send a PNG or JPEG file")
-        return io.BytesIO(source), "the image"
+            raise ImageError("the file is empty (0 bytes); use a PNG or JPEG file")
+        return io.BytesIO(source), "the file"
     if isinstance(source, (str, os.PathLike)):
-        return source, f"image {os.fspath(source)!r}"
+        name = f"image {os.fspath(source)!r}"
+        if os.path.isfile(source) and os.path.getsize(source) == 0:
+            raise ImageError(f"{name} is empty (0 bytes); use a PNG or JPEG file")
+        return source, name
     raise TypeError(f"source must be bytes or a path, not {type(source).__name__}")
 
 

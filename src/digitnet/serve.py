@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import logging
@@ -30,6 +31,7 @@ from starlette.requests import ClientDisconnect
 
 from digitnet.errors import DigitnetError
 from digitnet.evaluate import model_file
+from digitnet.interrupts import saves_on_ctrl_c
 from digitnet.predict import Predictor, encode_png, prediction
 from digitnet.preprocess import ImageError, preprocess
 
@@ -168,7 +170,7 @@ def is_small_image(data: bytes) -> bool:
 def predict_image(predictor: Predictor, name: str, data: bytes) -> dict[str, Any]:
     """The prediction for one encoded image, with the preprocessed image; 422 if it cannot be read."""
     try:
-        image = preprocess(data)
+        image = preprocess(data, require_ink=True)
     except ImageError as err:
         raise HTTPException(422, f"{name}: {err}") from None
     except Exception as err:  # any other failure to decode arbitrary bytes is still the input's fault
@@ -189,14 +191,21 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
     """Load the model once per worker process, then serve it with uvicorn until interrupted."""
     if workers < 1:
         raise DigitnetError(f"workers: got {workers}; give a whole number >= 1")
+    if not 0 <= port <= 65535:
+        raise DigitnetError(f"port: got {port}; allowed: 1 to 65535, or 0 for any free port")
     if workers == 1:
-        uvicorn.run(create_app(load_predictor(model)), host=host, port=port, **UVICORN_OPTIONS)
+        sock = listen_socket(host, port, reuse_port=False)  # bound before the model loads: a busy port fails fast
+        app = create_app(load_predictor(model))
+        print(f"digitnet: serving on {url(host, sock.getsockname()[1])} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises Ctrl-C again once it has shut down
+            uvicorn.Server(uvicorn.Config(app, host=host, port=sock.getsockname()[1], **UVICORN_OPTIONS)).run(sockets=[sock])
         return
     if port == 0:  # each worker would be given a port of its own
         raise DigitnetError("--port 0 (any free port) works with one worker only; name a port for --workers above 1")
     if not hasattr(socket, "SO_REUSEPORT"):
         raise DigitnetError("--workers above 1 needs SO_REUSEPORT (Linux, macOS, BSD); use --workers 1 here")
     model_file(model)  # a missing model is one error here, not one per worker
+    listen_socket(host, port, reuse_port=True).close()  # so is a port in use
     # Several processes, one per core, each with its own listening socket on the same port (SO_REUSEPORT):
     # the kernel spreads new connections over them. With one shared socket, as uvicorn's own --workers
     # has, whichever process wakes first accepts a whole burst of connections, and keep-alive clients
@@ -205,11 +214,10 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
     processes = [context.Process(target=serve_worker, args=(os.fspath(model), host, port)) for _ in range(workers)]
     for process in processes:
         process.start()
-    address = f"[{host}]" if ":" in host else host
-    print(f"digitnet: {workers} worker processes serving on http://{address}:{port} (Press CTRL+C to quit)",
-          file=sys.stderr, flush=True)
+    print(f"digitnet: {workers} worker processes serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
     try:
-        ended = multiprocessing.connection.wait([process.sentinel for process in processes])  # until one stops
+        with saves_on_ctrl_c():  # Ctrl-C here must still stop the workers below
+            ended = multiprocessing.connection.wait([process.sentinel for process in processes])  # until one stops
     except KeyboardInterrupt:
         ended = []
     for process in processes:
@@ -223,20 +231,36 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
 
 def serve_worker(model: str, host: str, port: int) -> None:
     """One of several server processes: bind its own socket to the shared port, load the model, serve."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
-        sock.bind((host, port))
-    except OSError as err:
-        print(f"digitnet: error: cannot listen on {host}:{port}: {err.strerror or err}", file=sys.stderr)
+        sock = listen_socket(host, port, reuse_port=True)
+    except DigitnetError as err:
+        print(f"digitnet: error: {err}", file=sys.stderr)
         sys.exit(2)
     try:
         app = create_app(load_predictor(model))
         uvicorn.Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)).run(sockets=[sock])
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal's group, this one included
         pass
+
+
+def url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to host:port for uvicorn to listen on; a port in use or a bad host is a DigitnetError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart at once after a stop
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except (OSError, OverflowError) as err:
+        sock.close()
+        reason = getattr(err, "strerror", None) or err
+        raise DigitnetError(f"cannot listen on {host}:{port}: {reason}; choose another --port or --host") from None
+    return sock
 
 
 def stop_workers(processes: list[multiprocessing.process.BaseProcess], timeout: float = 10.0) -> None:

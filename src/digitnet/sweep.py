@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from digitnet.config import ACTIVATIONS, FULL_BATCH, ConfigError, TrainConfig
 from digitnet.errors import DigitnetError
 from digitnet.files import write_atomic
+from digitnet.interrupts import saves_on_ctrl_c
 
 if TYPE_CHECKING:
     from digitnet.data import Mnist
@@ -45,6 +46,7 @@ TEXT_COLUMNS = ("trial_id", "activation")
 N_PIXELS, N_CLASSES = 28 * 28, 10  # as in digitnet.model, which imports JAX
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 DPI = 120  # as the run pictures in digitnet.plots
+MIN_SEEDS = 2  # the fewest seeds per cell that give a spread, and so the fewest a verdict can rest on
 
 Cell = tuple[str, "int | str", int, int]  # (activation, batch_size, depth, width): the trials of a cell differ by seed
 
@@ -140,6 +142,11 @@ def _base_activation(base: TrainConfig) -> tuple[str]:
     return (base.activation[0],)
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 trial', '2 trials': every count the sweep prints goes through here, so none reads '1 trials'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def count_params(width: int, depth: int) -> int:
     """Weights and biases of a 784 -> width x depth -> 10 network, without building it."""
     return (N_PIXELS + 1) * width + (depth - 1) * (width + 1) * width + (width + 1) * N_CLASSES
@@ -161,6 +168,8 @@ def config_differences(saved: SweepConfig, given: SweepConfig) -> list[str]:
 
 def prepare_sweep_dir(sweep_dir: Path, sweep: SweepConfig) -> None:
     """Create the sweep folder with its sweep.json, or check that an existing one holds this very sweep."""
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise DigitnetError(f"{sweep_dir}: is a file, not a folder; give a folder for the sweep")
     saved_path = sweep_dir / SWEEP_FILE
     if saved_path.is_file():
         differences = config_differences(SweepConfig.load(saved_path), sweep)
@@ -171,7 +180,10 @@ def prepare_sweep_dir(sweep_dir: Path, sweep: SweepConfig) -> None:
         return
     if (sweep_dir / RESULTS_FILE).exists():
         raise DigitnetError(f"{sweep_dir} has {RESULTS_FILE} but no {SWEEP_FILE}; give another folder")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DigitnetError(f"cannot create the sweep folder {sweep_dir}: {err.strerror or err}; give another folder") from None
     sweep.save(saved_path)
 
 
@@ -483,18 +495,21 @@ def run_sweep(sweep: SweepConfig, sweep_dir: str | Path, *, workers: int = 1, ra
     trials = sweep.trials()
     pending = pending_trials(trials, results)
     where = f"on Ray ({ray_address})" if ray_address else f"in {workers} worker processes" if workers > 1 else "in this process"
-    log(f"sweep {sweep_dir}: {len(trials)} trials, {len(trials) - len(pending)} finished before, {len(pending)} to run {where}")
+    log(f"sweep {sweep_dir}: {counted(len(trials), 'trial')}, {len(trials) - len(pending)} finished before, "
+        f"{len(pending)} to run {where}")
     recorder = Recorder(results, len(trials), len(trials) - len(pending), max(len(t.trial_id) for t in trials), log)
     try:
-        if pending and ray_address:
-            run_on_ray(pending, sweep.base, sweep_dir, ray_address, data_dir, recorder, cpus_per_trial,
-                       num_cpus=workers if workers > 1 else None)
-        elif pending and workers > 1:
-            run_in_pool(pending, sweep.base, sweep_dir, workers, data_dir, recorder)
-        elif pending:
-            run_in_process(pending, sweep.base, sweep_dir, data or load_data(data_dir), recorder)
+        with saves_on_ctrl_c():  # the pool and Ray are stopped, and finished trials kept, below
+            if pending and ray_address:
+                run_on_ray(pending, sweep.base, sweep_dir, ray_address, data_dir, recorder, cpus_per_trial,
+                           num_cpus=workers if workers > 1 else None)
+            elif pending and workers > 1:
+                run_in_pool(pending, sweep.base, sweep_dir, workers, data_dir, recorder)
+            elif pending:
+                run_in_process(pending, sweep.base, sweep_dir, data or load_data(data_dir), recorder)
     except KeyboardInterrupt:
-        log(f"interrupted: {recorder.done} of {len(trials)} trials are in {results}; run the same command to continue")
+        log(f"interrupted: {recorder.done} of {counted(len(trials), 'trial')} finished, saved in {results}; "
+            "run the same command to continue")
         raise
     return finish_sweep(sweep_dir, len(trials), recorder.failed, log)
 
@@ -518,10 +533,10 @@ def finish_sweep(sweep_dir: Path, n_trials: int, failed: Sequence[str], log: Cal
         summary, plot = write_report(sweep_dir)
         log(f"summary: {summary}\nplot:    {plot}")
     if failed:
-        raise DigitnetError(f"{len(failed)} trial(s) failed ({', '.join(failed)}); the others are in "
+        raise DigitnetError(f"{counted(len(failed), 'trial')} failed ({', '.join(failed)}); the others are in "
                             f"{sweep_dir / RESULTS_FILE}; their run folders under {sweep_dir / RUNS_DIR} say more")
     if len(rows) < n_trials:
-        log(f"{n_trials - len(rows)} of {n_trials} trials did not finish; run the same command to continue")
+        log(f"{n_trials - len(rows)} of {counted(n_trials, 'trial')} did not finish; run the same command to continue")
     return rows
 
 
@@ -562,6 +577,11 @@ def cell_groups(cells: Sequence[dict]) -> dict[tuple, list[dict]]:
     return groups
 
 
+def judged(cells: Iterable[dict]) -> bool:
+    """Whether every cell has the seeds a spread needs: a cell trained once has nothing to weigh a difference against."""
+    return all(c["n"] >= MIN_SEEDS for c in cells)
+
+
 def spread(a: dict, b: dict, metric: str = "test_accuracy") -> float:
     """The seed spread two cells are compared against: the larger of their two standard deviations."""
     return max(a[f"{metric}_std"], b[f"{metric}_std"])
@@ -599,53 +619,88 @@ def points(value: float) -> str:
 
 
 def layers(depth: int) -> str:
-    return f"{depth} hidden layer{'s' if depth > 1 else ''}"
+    return counted(depth, "hidden layer")
+
+
+def with_spread(cell: dict, metric: str = "test_accuracy", show: Callable[[float], str] = pct) -> str:
+    """'98.41% ± 0.05%'; a cell trained once has no spread (its std is a placeholder 0), so just its value."""
+    if cell["n"] < MIN_SEEDS:
+        return show(cell[metric])
+    return f"{show(cell[metric])} ± {show(cell[f'{metric}_std'])}"
+
+
+def mean_and_spread(cell: dict, metric: str = "test_accuracy") -> str:
+    """`with_spread` for prose, where no n column says that a bare value is one run's."""
+    return with_spread(cell, metric) + (f" (n={cell['n']})" if cell["n"] < MIN_SEEDS else "")
+
+
+def no_verdict(cells: Sequence[dict]) -> str:
+    """The line that stands in for the verdicts where some cell has a single seed."""
+    single = sum(c["n"] < MIN_SEEDS for c in cells)
+    who = ("every cell here has" if single == len(cells)
+           else f"{single} of {counted(len(cells), 'cell')} here {'has' if single == 1 else 'have'}")
+    return f"No verdicts: they need at least {MIN_SEEDS} seeds per cell, and {who} only 1."
+
+
+def spread_note(cells: Sequence[dict]) -> str:
+    """How to read the figures of summary.md, and what a cell trained once lacks."""
+    if not any(c["n"] >= MIN_SEEDS for c in cells):
+        return "Each cell was trained with one seed: its figures are that run's, with no spread to judge a difference by."
+    note = ("Accuracies are means over seeds, ± the standard deviation over seeds; "
+            "a difference counts only if it is larger than the larger spread of the two cells compared.")
+    return note if judged(cells) else note + " A cell with n=1 has no spread yet: it shows its one run's figures."
 
 
 def width_findings(by_depth_width: dict[int, list[dict]]) -> list[str]:
     """The 'more neurons' section: per depth, the gain from the narrowest to the best width and where it stops."""
+    compared = [cells for cells in by_depth_width.values() if len(cells) > 1]
+    with_verdicts = judged(c for cells in compared for c in cells)
     lines, helped = [], []
-    for depth, cells in by_depth_width.items():
-        if len(cells) < 2:
-            continue
+    for cells in compared:
         first, best, stop = cells[0], max(cells, key=lambda c: c["test_accuracy"]), width_gain_stop(cells)
         helped.append(best["test_accuracy"] - first["test_accuracy"] > spread(first, best))
         steps = ", ".join(f"{points(b['test_accuracy'] - a['test_accuracy'])} ({a['width']}->{b['width']})"
                           for a, b in zip(cells, cells[1:]))
-        if stop is cells[-1] and stop is not first:
-            ending = f"still gaining at the widest width tried ({stop['width']})"
+        if not with_verdicts:
+            ending = ""  # without a spread there is no telling where the gain stops
+        elif stop is cells[-1] and stop is not first:
+            ending = f"; still gaining at the widest width tried ({stop['width']})"
         elif stop is first:
-            ending = f"no width beat {first['width']} by more than the seed spread"
+            ending = f"; no width beat {first['width']} by more than the seed spread"
         else:
-            ending = (f"the gain stops at width {stop['width']} ({pct(stop['test_accuracy'])} ± {pct(stop['test_accuracy_std'])}): "
+            ending = (f"; the gain stops at width {stop['width']} ({mean_and_spread(stop)}): "
                       "no wider network was better by more than the seed spread")
-        lines.append(f"- {layers(depth)}: {pct(first['test_accuracy'])} at width {first['width']}, best "
+        lines.append(f"- {layers(first['depth'])}: {pct(first['test_accuracy'])} at width {first['width']}, best "
                      f"{pct(best['test_accuracy'])} at width {best['width']} ({points(best['test_accuracy'] - first['test_accuracy'])} "
-                     f"points); {ending}. Gain per step, in points: {steps}.")
+                     f"points){ending}. Gain per step, in points: {steps}.")
     if not lines:
         return ["Only one width was tried."]
+    if not with_verdicts:
+        return [no_verdict([c for cells in compared for c in cells]), "", *lines]
     verdict = ("More neurons helped" if all(helped) else "More neurons helped at some depths" if any(helped)
                else "More neurons did not help")
-    return [f"{verdict} (mean test accuracy rose by more than the seed spread at {sum(helped)} of {len(helped)} depths):",
+    return [f"{verdict} (mean test accuracy rose by more than the seed spread at {sum(helped)} of {counted(len(helped), 'depth')}):",
             "", *lines]
 
 
 def depth_findings(by_width_depth: dict[int, list[dict]]) -> list[str]:
     """The 'more layers' section: at each width, the deeper networks against the shallowest."""
+    compared = [cells for cells in by_width_depth.values() if len(cells) > 1]
+    with_verdicts = judged(c for cells in compared for c in cells)
     lines, verdicts = [], []
-    for width, cells in by_width_depth.items():
-        if len(cells) < 2:
-            continue
+    for cells in compared:
         verdict, best, gain = depth_verdict(cells)
-        verdicts.append((width, verdict))
-        each = ", ".join(f"depth {c['depth']} {pct(c['test_accuracy'])} ± {pct(c['test_accuracy_std'])}" for c in cells)
-        lines.append(f"- width {width}: {each}; best deeper: depth {best['depth']}, {points(gain)} points over depth "
-                     f"{cells[0]['depth']} ({verdict})")
+        verdicts.append((cells[0]["width"], verdict))
+        each = ", ".join(f"depth {c['depth']} {mean_and_spread(c)}" for c in cells)
+        lines.append(f"- width {cells[0]['width']}: {each}; best deeper: depth {best['depth']}, {points(gain)} points over depth "
+                     f"{cells[0]['depth']}" + (f" ({verdict})" if with_verdicts else ""))
     if not lines:
         return ["Only one depth was tried."]
+    if not with_verdicts:
+        return [no_verdict([c for cells in compared for c in cells]), "", *lines]
     helped = [w for w, v in verdicts if v == "helped"]
     hurt = [w for w, v in verdicts if v == "hurt"]
-    head = (f"More layers helped (mean test accuracy, by more than the seed spread) at {len(helped)} of {len(verdicts)} widths"
+    head = (f"More layers helped (mean test accuracy, by more than the seed spread) at {len(helped)} of {counted(len(verdicts), 'width')}"
             + (f" ({', '.join(map(str, helped))})" if helped else "")
             + (f", hurt at {len(hurt)} ({', '.join(map(str, hurt))})" if hurt else "")
             + ("; elsewhere the difference was within the seed spread" if len(helped) + len(hurt) < len(verdicts) else "")
@@ -654,14 +709,14 @@ def depth_findings(by_width_depth: dict[int, list[dict]]) -> list[str]:
 
 
 def cells_markdown(cells: Sequence[dict]) -> list[str]:
-    """The table of every cell: mean ± std over its n seeds."""
+    """The table of every cell: mean ± std over its n seeds, or the one run's figures where n is 1."""
     lines = ["| activation | batch | width | depth | params | n | val accuracy | test accuracy | test loss | train s |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in cells:
         lines.append(
             f"| {c['activation']} | {c['batch_size']} | {c['width']} | {c['depth']} | {c['params']:,} | {c['n']} | "
-            f"{pct(c['val_accuracy'])} ± {pct(c['val_accuracy_std'])} | {pct(c['test_accuracy'])} ± {pct(c['test_accuracy_std'])} | "
-            f"{c['test_loss']:.4f} ± {c['test_loss_std']:.4f} | {c['train_seconds']:.1f} ± {c['train_seconds_std']:.1f} |")
+            f"{with_spread(c, 'val_accuracy')} | {with_spread(c, 'test_accuracy')} | "
+            f"{with_spread(c, 'test_loss', '{:.4f}'.format)} | {with_spread(c, 'train_seconds', '{:.1f}'.format)} |")
     return lines
 
 
@@ -672,17 +727,15 @@ def format_summary(rows: Sequence[dict], sweep: SweepConfig) -> str:
     lines = [
         "# Neurons x hidden layers",
         "",
-        f"{len(rows)} of {len(sweep.trials())} trials finished; {len(sweep.seeds)} seeds per cell; "
-        f"{base.epochs} epoch{'s' if base.epochs > 1 else ''}, {base.optimizer}, learning rate {base.learning_rate}, {base.schedule} schedule, "
-        f"train size {base.train_size or 'all'}, validation {base.val_size} images. "
-        "Accuracies are means over seeds, ± the standard deviation over seeds; "
-        "a difference counts only if it is larger than the larger spread of the two cells compared.",
+        f"{len(rows)} of {counted(len(sweep.trials()), 'trial')} finished; {counted(len(sweep.seeds), 'seed')} per cell; "
+        f"{counted(base.epochs, 'epoch')}, {base.optimizer}, learning rate {base.learning_rate}, {base.schedule} schedule, "
+        f"train size {base.train_size or 'all'}, validation {base.val_size} images. {spread_note(cells)}",
     ]
     best = best_cell(cells)
     lines += ["", "## Best cell, chosen on validation accuracy", "",
               f"Width {best['width']}, {layers(best['depth'])}, {best['activation']}, batch size {best['batch_size']} "
-              f"({best['params']:,} parameters): validation {pct(best['val_accuracy'])} ± {pct(best['val_accuracy_std'])}, "
-              f"test {pct(best['test_accuracy'])} ± {pct(best['test_accuracy_std'])} (n={best['n']}). "
+              f"({best['params']:,} parameters): validation {with_spread(best, 'val_accuracy')}, "
+              f"test {with_spread(best, 'test_accuracy')} (n={best['n']}). "
               "Test accuracy is reported for every cell and was not used to choose."]
     for (activation, batch_size), group in cell_groups(cells).items():
         title = f" ({activation}, batch size {batch_size})" if len(cell_groups(cells)) > 1 else ""
@@ -710,11 +763,16 @@ def plot_sweep(cells: Sequence[dict], path: Path) -> Path:
         _draw_heatmap(fig, heat_ax, group, best)
         _draw_width_lines(line_ax, group)
         suffix = f" — {activation}, batch size {batch_size}"
-        heat_ax.set_title(f"Mean test accuracy (%) ± std over seeds{suffix}", fontsize=11)
-        line_ax.set_title(f"Test accuracy against width, band = ± std{suffix}", fontsize=11)
+        if any(c["n"] >= MIN_SEEDS for c in group):
+            heat_ax.set_title(f"Mean test accuracy (%) ± std over seeds{suffix}", fontsize=11)
+            line_ax.set_title(f"Test accuracy against width, band = ± std{suffix}", fontsize=11)
+        else:  # one seed per cell: no spread to show
+            heat_ax.set_title(f"Test accuracy (%), one seed per cell{suffix}", fontsize=11)
+            line_ax.set_title(f"Test accuracy against width, one seed per cell{suffix}", fontsize=11)
     n_seeds = sorted({c["n"] for c in cells})
-    fig.suptitle(f"Neurons x hidden layers: {sum(c['n'] for c in cells)} trials, "
-                 f"{'/'.join(map(str, n_seeds))} seeds per cell; outlined: best cell by validation accuracy", fontsize=13)
+    seeds = counted(n_seeds[0], "seed") if len(n_seeds) == 1 else f"{'/'.join(map(str, n_seeds))} seeds"
+    fig.suptitle(f"Neurons x hidden layers: {counted(sum(c['n'] for c in cells), 'trial')}, "
+                 f"{seeds} per cell; outlined: best cell by validation accuracy", fontsize=13)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", facecolor="white")
@@ -745,9 +803,10 @@ def _draw_heatmap(fig: Any, ax: Any, group: Sequence[dict], best: dict) -> None:
     for (i, j), mean in np.ndenumerate(means):
         if not np.isnan(mean):
             dark = image.norm(100 * mean) < 0.6
-            # A cell with fewer seeds than the others (a sweep still running) says so.
-            count = f"\nn={counts[i, j]:.0f}" if counts[i, j] < np.nanmax(counts) else ""
-            ax.text(j, i, f"{100 * mean:.2f}\n± {100 * stds[i, j]:.2f}{count}", ha="center", va="center", fontsize=9,
+            # A cell with fewer seeds than the others (a sweep still running) says so; one seed gives no spread.
+            count = f"\nn={counts[i, j]:.0f}" if counts[i, j] < np.nanmax(counts) or counts[i, j] < MIN_SEEDS else ""
+            std = f"\n± {100 * stds[i, j]:.2f}" if counts[i, j] >= MIN_SEEDS else ""
+            ax.text(j, i, f"{100 * mean:.2f}{std}{count}", ha="center", va="center", fontsize=9,
                     color="white" if dark else "black")
     if best in group:
         j, i = widths.index(best["width"]), depths.index(best["depth"])

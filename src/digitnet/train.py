@@ -28,6 +28,7 @@ from digitnet.config import TrainConfig
 from digitnet.data import Mnist, Splits, load_mnist, split_validation
 from digitnet.errors import DigitnetError
 from digitnet.files import write_atomic
+from digitnet.interrupts import saves_on_ctrl_c
 from digitnet.model import N_PIXELS, build_model, logits_model
 
 HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
@@ -216,14 +217,23 @@ def format_epoch(row: dict, epochs: int) -> str:
 
 
 def prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool) -> TrainConfig:
-    """Create the run folder, or check it for --resume; returns the config to train with."""
+    """Create the run folder, or check it for --resume; returns the config to train with.
+
+    A folder holding only a config.json (a run stopped before its first epoch, or one that failed to
+    start) has nothing to lose, so a new run may take it over.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DigitnetError(f"{out_dir}: is a file, not a folder; choose another --out")
     if resume:
         if not (out_dir / "config.json").is_file():
             raise DigitnetError(f"{out_dir}: not a run folder (no config.json); give the folder a training run wrote")
         return TrainConfig.load(out_dir / "config.json")
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and any(path.name != "config.json" for path in out_dir.iterdir()):
         raise DigitnetError(f"{out_dir}: folder exists and is not empty; continue it with --resume {out_dir} or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DigitnetError(f"cannot create the run folder {out_dir}: {err.strerror or err}; choose another --out") from None
     config.save(out_dir / "config.json")
     return config
 
@@ -237,32 +247,40 @@ def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist 
     """
     out_dir = Path(out_dir)
     config = prepare_run_dir(out_dir, config, resume)
+    if not resume:
+        log(f"run folder: {out_dir}")
     data = data or load_mnist(data_dir)
     splits = split_validation(data, config.val_size, config.seed, config.train_size)
-    trainer = Trainer(config, splits)
+    trainer = start_trainer(config, splits)
     history, start = [], 1
     if resume and (out_dir / "checkpoint.npz").is_file():
         trainer.state, done = load_checkpoint(out_dir / "checkpoint.npz", trainer.state)
         history, start = read_history(out_dir / "history.csv")[:done], done + 1
-        log(f"resuming {out_dir} after epoch {done}")
-    log(f"compiled in {trainer.compile_seconds:.2f} s ({trainer.steps} steps of {trainer.batch_size} per epoch)")
+        log(f"resuming {out_dir} after epoch {done}" if done < config.epochs else
+            f"{out_dir}: all {config.epochs} {'epoch was' if config.epochs == 1 else 'epochs were'} done before; evaluating it again")
+    log(f"compiled in {trainer.compile_seconds:.2f} s ({trainer.steps} {'step' if trainer.steps == 1 else 'steps'} "
+        f"of {trainer.batch_size} per epoch)")
     last_good = trainer.state_on_host()
     try:
-        for epoch in range(start, config.epochs + 1):
-            row = trainer.run_epoch(epoch)
-            if not all(math.isfinite(row[k]) for k in ("loss", "val_loss")):
-                trainer.state = last_good
-                trainer.save(out_dir / "model.keras")
-                raise TrainingDiverged(
-                    f"loss became {row['loss']} in epoch {epoch}; kept the weights of the last finished epoch ({epoch - 1}) in {out_dir}; "
-                    "lower --learning-rate or choose another optimizer")
-            history.append(row)
-            last_good = trainer.state_on_host()
-            # History first: a resume trims it to the checkpoint's epoch, so a kill between the two is harmless.
-            write_history(out_dir / "history.csv", history)
-            save_checkpoint(out_dir / "checkpoint.npz", last_good, epoch)
-            log(format_epoch(row, config.epochs))
+        with saves_on_ctrl_c():
+            for epoch in range(start, config.epochs + 1):
+                row = trainer.run_epoch(epoch)
+                if not all(math.isfinite(row[k]) for k in ("loss", "val_loss")):
+                    trainer.state = last_good
+                    trainer.save(out_dir / "model.keras")
+                    raise TrainingDiverged(
+                        f"loss became {row['loss']} in epoch {epoch}; kept the weights of the last finished epoch ({epoch - 1}) in {out_dir}; "
+                        "lower --learning-rate or choose another optimizer")
+                history.append(row)
+                last_good = trainer.state_on_host()
+                # History first: a resume trims it to the checkpoint's epoch, so a kill between the two is harmless.
+                write_history(out_dir / "history.csv", history)
+                save_checkpoint(out_dir / "checkpoint.npz", last_good, epoch)
+                log(format_epoch(row, config.epochs))
     except KeyboardInterrupt:
+        if not history:  # nothing trained: no model to save, and the folder may be reused as it is
+            log("interrupted in epoch 1, before anything was saved; run the same command again to start over")
+            raise
         trainer.state = last_good
         trainer.save(out_dir / "model.keras")
         log(f"interrupted; epochs 1-{len(history)} are saved; continue with: digitnet train --resume {out_dir}")
@@ -281,6 +299,17 @@ def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist 
     n_test = len(data.test_labels)
     log(f"Test set: loss {test_loss:.4f}, accuracy {round(test_accuracy * n_test)}/{n_test} ({100 * test_accuracy:.2f}%)")
     return metrics
+
+
+def start_trainer(config: TrainConfig, splits: Splits) -> "Trainer":
+    """The Trainer for a config; a network too big for this machine's memory is a DigitnetError, not a traceback."""
+    try:
+        return Trainer(config, splits)
+    except (MemoryError, jax.errors.JaxRuntimeError) as err:
+        if isinstance(err, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        raise DigitnetError(f"not enough memory for a network with hidden layers {list(config.hidden)} "
+                            f"and batches of {config.batch_size}; use fewer or narrower hidden layers") from None
 
 
 class Trainer:
