@@ -117,7 +117,7 @@ def train(
 
 @app.command()
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder (or a .keras file).")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run folder (or a .keras file).")],
     data_dir: DataDirOption = None,
 ) -> None:
     """Evaluate a trained model on the 10,000 test images; writes evaluation.json into the run folder."""
