@@ -31,7 +31,6 @@ from starlette.requests import ClientDisconnect
 
 from digitnet.errors import DigitnetError
 from digitnet.evaluate import model_file
-from digitnet.interrupts import saves_on_ctrl_c
 from digitnet.predict import Predictor, encode_png, prediction
 from digitnet.preprocess import ImageError, preprocess
 
@@ -215,11 +214,7 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
     for process in processes:
         process.start()
     print(f"digitnet: {workers} worker processes serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
-    try:
-        with saves_on_ctrl_c():  # Ctrl-C here must still stop the workers below
-            ended = multiprocessing.connection.wait([process.sentinel for process in processes])  # until one stops
-    except KeyboardInterrupt:
-        ended = []
+    ended = wait_for_exit_or_signal([process.sentinel for process in processes])
     for process in processes:
         if process.sentinel in ended:
             process.join()  # its exit code is known only once it is reaped
@@ -227,6 +222,24 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
     stop_workers(processes)
     if failed:
         raise DigitnetError(f"a server worker stopped with exit code {failed[0]}; its message is above")
+
+
+def wait_for_exit_or_signal(sentinels: list[int]) -> list[int]:
+    """Block until a process ends (its sentinels that are ready) or Ctrl-C or SIGTERM arrives ([])."""
+    # The handler only writes a byte that wakes the wait; it raises nothing. A KeyboardInterrupt can be
+    # swallowed ("Exception ignored in ...") when it fires inside a garbage-collection callback, as JAX
+    # registers one, and then the workers would never be stopped.
+    reader, writer = os.pipe()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, lambda *_: os.write(writer, b"!")) for number in signals}
+    try:
+        ready = multiprocessing.connection.wait([*sentinels, reader])
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        os.close(reader)
+        os.close(writer)
+    return [item for item in ready if item != reader]
 
 
 def serve_worker(model: str, host: str, port: int) -> None:
