@@ -253,6 +253,8 @@ def main() -> None:
     except KeyboardInterrupt:
         print("digitnet: interrupted", file=sys.stderr)
         sys.exit(130)
+    if code == 130:  # Typer turns a KeyboardInterrupt into exit code 130, silently
+        print("digitnet: interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) comes back as its code
 
 

@@ -277,6 +277,8 @@ def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist 
                 write_history(out_dir / "history.csv", history)
                 save_checkpoint(out_dir / "checkpoint.npz", last_good, epoch)
                 log(format_epoch(row, config.epochs))
+            trainer.save(out_dir / "model.keras")
+            test_loss, test_accuracy = trainer.evaluate(data.test_images, data.test_labels)
     except KeyboardInterrupt:
         if not history:  # nothing trained: no model to save, and the folder may be reused as it is
             log("interrupted in epoch 1, before anything was saved; run the same command again to start over")
@@ -285,8 +287,6 @@ def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist 
         trainer.save(out_dir / "model.keras")
         log(f"interrupted; epochs 1-{len(history)} are saved; continue with: digitnet train --resume {out_dir}")
         raise
-    trainer.save(out_dir / "model.keras")
-    test_loss, test_accuracy = trainer.evaluate(data.test_images, data.test_labels)
     metrics = {
         "test_accuracy": test_accuracy, "test_loss": test_loss,
         **({k: history[-1][k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")} if history else {}),
