@@ -123,6 +123,8 @@ def test_save_preprocessed_writes_what_the_network_saw_without_overwriting(run_d
     assert result.exit_code == 1  # the text file; the two images are still saved
     written = sorted(p.name for p in out.iterdir())
     assert written == ["seven_28x28-1.png", "seven_28x28.png"]
+    lines = result.stdout.splitlines()  # both inputs are named seven.png: each line says which file is its own
+    assert lines[0].endswith(f"saved as {out / 'seven_28x28.png'}") and lines[1].endswith(f"saved as {out / 'seven_28x28-1.png'}")
     saved = np.asarray(Image.open(out / "seven_28x28.png"))
     assert saved.shape == (28, 28) and saved.dtype == np.uint8
     np.testing.assert_array_equal(saved, np.round(preprocess(images["dark"]) * 255).astype(np.uint8))

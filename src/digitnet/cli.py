@@ -208,7 +208,8 @@ def predict(
         if "error" in result:
             print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
         elif not json_output:
-            print(f"{result['file']}: {result['label']} (p={result['probability']:.3f})")
+            saw = f", saved as {result['preprocessed']}" if "preprocessed" in result else ""
+            print(f"{result['file']}: {result['label']} (p={result['probability']:.3f}){saw}")
     if json_output:
         print(json.dumps(results, indent=2))
     if any("error" in result for result in results):

@@ -75,7 +75,7 @@ class Predictor:
         """One result per source, in order: a prediction, or {"file", "error"} for an unreadable image.
 
         `names` label the results (default: the path as given); `save_dir`, when set, receives the
-        28x28 PNG that the network saw for each readable image.
+        28x28 PNG that the network saw for each readable image, and its path goes in the result's "preprocessed".
         """
         sources = list(sources)
         names = list(names) if names is not None else [source_name(s, i) for i, s in enumerate(sources)]
@@ -84,12 +84,16 @@ class Predictor:
         images, errors = read_images(sources)
         good = sorted(images)
         probabilities = dict(zip(good, self.predict_arrays(np.stack([images[i] for i in good])))) if good else {}
+        saved = {}
         if save_dir is not None:
-            save_images([images[i] for i in good], [names[i] for i in good], Path(save_dir))
-        return [
+            saved = dict(zip(good, save_images([images[i] for i in good], [names[i] for i in good], Path(save_dir))))
+        results = [
             prediction(name, probabilities[i]) if i in probabilities else {"file": name, "error": errors[i]}
             for i, name in enumerate(names)
         ]
+        for i, path in saved.items():  # which file holds which input's 28x28 image: names may repeat
+            results[i]["preprocessed"] = str(path)
+        return results
 
     def describe(self) -> dict[str, Any]:
         """What is being served: layer sizes, parameter count and, when the run recorded it, test accuracy."""
