@@ -4,8 +4,9 @@ Python turns Ctrl-C into a KeyboardInterrupt wherever the main thread happens to
 import or compile, that is often inside one of their callbacks, which swallow it ("Exception ignored in
 ...", and the command carries on) or abort the process with a C++ traceback. Until training or a sweep has
 something to save there is nothing to lose, so the command's handler exits at once with one line. Inside
-`saves_on_ctrl_c()` (the epoch loop, a sweep, the server's supervisor) Ctrl-C raises KeyboardInterrupt as
-usual, and that code saves its work and says how to continue.
+`saves_on_ctrl_c()` (the epoch loop with the final save and evaluation, a sweep) Ctrl-C raises
+KeyboardInterrupt as usual, and that code saves its work and says how to continue. (`serve --workers`
+waits with a handler of its own, which raises nothing: see serve.wait_for_exit_or_signal.)
 
 Library users keep Python's own behaviour: nothing here runs unless `exit_at_once_on_ctrl_c` is called.
 """
