@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import json
 import random
 import re
@@ -299,3 +300,11 @@ def test_serve_refuses_zero_workers_and_a_missing_model(run_dir, tmp_path):
         done = subprocess.run([sys.executable, "-m", "digitnet.cli", "serve", *args], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_malformed_multipart_body_adds_no_bare_line_to_the_log(client, caplog):
+    with caplog.at_level(logging.WARNING):
+        response = client.post("/predict", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert_client_error(response, 400)
+    assert "Invalid multipart data" in response.json()["detail"]
+    assert not [record for record in caplog.records if record.name.startswith("python_multipart")]

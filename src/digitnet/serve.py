@@ -49,6 +49,9 @@ log = logging.getLogger("digitnet.serve")
 
 def create_app(predictor: Predictor, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The FastAPI application serving one loaded predictor."""
+    # The multipart parser logs each malformed body as a bare line before raising the same error, which
+    # the client gets back as a 400 with that message: in the server's log it is only noise.
+    logging.getLogger("python_multipart.multipart").setLevel(logging.ERROR)
     # No /docs: FastAPI's interactive docs load their scripts from a CDN, and this server works offline.
     app = FastAPI(title="digitnet", summary="Reads handwritten digits", docs_url=None, redoc_url=None)
     page = resources.files("digitnet").joinpath("static", "index.html").read_text()
