@@ -74,7 +74,7 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_with_one_line(tmp_path, mnist_di
     # aborts the process; the `digitnet` command (python -m digitnet) stops at once instead.
     env = {**os.environ, "DIGITNET_DATA": str(mnist_dir)}
     run = tmp_path / "run"
-    flags = [*SMALL_FLAGS, "--train-size", "20000", "--epochs", "8"]  # the last --train-size counts: a run of seconds
+    flags = [*SMALL_FLAGS, "--train-size", "55000", "--epochs", "8"]  # the last --train-size counts: a run of seconds
     process = subprocess.Popen([sys.executable, "-m", "digitnet", "train", *flags, "--out", str(run)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     time.sleep(delay)
