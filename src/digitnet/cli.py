@@ -251,10 +251,9 @@ def main() -> None:
     except MemoryError:
         print("digitnet: error: out of memory; use a smaller network, batch or --train-size", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("digitnet: interrupted", file=sys.stderr)
-        sys.exit(130)
-    if code == 130:  # Typer turns a KeyboardInterrupt into exit code 130, silently
+    except KeyboardInterrupt:  # outside a command; inside one, Typer turns it into exit code 130, silently
+        code = 130
+    if code == 130:
         print("digitnet: interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(code) comes back as its code
 

@@ -197,10 +197,11 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
         raise DigitnetError(f"port: got {port}; allowed: 1 to 65535, or 0 for any free port")
     if workers == 1:
         sock = listen_socket(host, port, reuse_port=False)  # bound before the model loads: a busy port fails fast
+        port = sock.getsockname()[1]  # the one the system chose, for --port 0
         app = create_app(load_predictor(model))
-        print(f"digitnet: serving on {url(host, sock.getsockname()[1])} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
+        print(f"digitnet: serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises Ctrl-C again once it has shut down
-            uvicorn.Server(uvicorn.Config(app, host=host, port=sock.getsockname()[1], **UVICORN_OPTIONS)).run(sockets=[sock])
+            uvicorn.Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)).run(sockets=[sock])
         return
     if port == 0:  # each worker would be given a port of its own
         raise DigitnetError("--port 0 (any free port) works with one worker only; name a port for --workers above 1")
