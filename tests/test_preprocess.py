@@ -307,6 +307,56 @@ def test_exif_orientation_is_applied():
     assert np.abs(to_mnist(sideways) - to_mnist(upright)).mean() > 0.1
 
 
+@pytest.fixture
+def spng_calls(monkeypatch) -> list[bytes]:
+    """The bytes each call of libspng's decoder got, while still decoding them."""
+    calls, decode = [], pipeline.pyspng.load
+    monkeypatch.setattr(pipeline.pyspng, "load", lambda data: calls.append(data) or decode(data))
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+def test_plain_pngs_decode_with_libspng_to_pillows_pixels(mode, spng_calls):
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, size=(37, 53, len(mode)), dtype=np.uint8).squeeze()
+    data = encode(Image.fromarray(pixels, mode))
+    loaded = load_image(data)
+    assert spng_calls == [data]
+    assert loaded.mode == mode
+    np.testing.assert_array_equal(np.asarray(loaded), np.asarray(Image.open(io.BytesIO(data))))
+
+
+def exif_png(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(image, "PNG", exif=exif)
+
+
+@pytest.mark.parametrize(
+    "data, mode",
+    [
+        (encode(draw_two().convert("P")), "RGB"),
+        (encode(draw_two().convert("LA")), "RGBA"),
+        (encode(draw_two().convert("1")), "RGB"),
+        (encode(draw_two().convert("I;16")), "F"),
+        (encode(draw_two(), transparency=(255, 255, 255)), "RGBA"),
+        (exif_png(draw_two(), 1), "RGB"),
+    ],
+    ids=["palette", "grey-alpha", "1-bit", "16-bit", "colour-key", "exif"],
+)
+def test_other_pngs_decode_with_pillow(data, mode, spng_calls, reference):
+    assert pipeline._working_copy(load_image(data)).mode == mode
+    assert spng_calls == []
+    assert_same_digit(preprocess(data), reference)
+
+
+def test_png_exif_orientation_is_applied(spng_calls):
+    upright = draw_two((300, 400))
+    loaded = load_image(exif_png(upright.transpose(Image.Transpose.ROTATE_90), 6))
+    assert spng_calls == [] and loaded.size == upright.size
+    assert_same_digit(to_mnist(loaded), to_mnist(upright))
+
+
 def test_animated_gif_gives_first_frame(reference):
     frames = [draw_two().convert("P"), Image.new("P", (200, 200), 0)]
     gif = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
