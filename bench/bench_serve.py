@@ -5,7 +5,12 @@ drawing page sends (MNIST test digits, scaled up tenfold, white on black, RGBA, 
 throughput and latency, and stops the server. The client shares the machine's cores with the server, so the
 figures are a lower bound on what the server alone can do.
 
+With --anchor, the same load then goes to the plain FastAPI app a Keras user writes first, serving the same
+model (Pillow's resize to 28x28, `model.predict` per request, no preprocessing: its answers are mostly wrong,
+it is only a speed reference), and the bench prints the ratios of the two.
+
     python bench/bench_serve.py runs/RUN [--clients 32] [--requests 10000] [--max-seconds 30] [--workers 1]
+                                         [--anchor]
 """
 
 from __future__ import annotations
@@ -34,8 +39,41 @@ import numpy as np
 from PIL import Image
 
 from digitnet.data import load_mnist
+from digitnet.evaluate import model_file
 
 CANVAS_SIZE = 280  # px, the drawing page's canvas
+# The anchor: a first FastAPI app around a Keras model, as its tutorials show it. (No access log, as in
+# digitnet's server: a line per request would cost both the same CPU and flood the bench's output. And an
+# async endpoint: as a plain def, FastAPI runs it in a thread pool, and Keras' model.predict called from
+# several threads at once fails: half the requests of a trial run got HTTP 500.)
+ANCHOR_APP = """
+import base64, io, os, sys
+os.environ["KERAS_BACKEND"] = "jax"
+import keras, numpy as np, uvicorn
+from fastapi import FastAPI
+from PIL import Image
+from pydantic import BaseModel
+
+model = keras.saving.load_model(sys.argv[1])
+app = FastAPI()
+
+class Drawing(BaseModel):
+    image: str
+
+@app.get("/healthz")
+async def healthz():
+    return {"status": "ok"}
+
+@app.post("/predict")
+async def predict(drawing: Drawing):  # async: a plain def would call model.predict from many threads at once
+    png = base64.b64decode(drawing.image.split(",", 1)[1])
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L").resize((28, 28)), np.float32) / 255.0
+    probabilities = model.predict(pixels.reshape(1, 784), verbose=0)[0]
+    return {"label": int(probabilities.argmax()), "probability": float(probabilities.max()),
+            "probabilities": probabilities.tolist()}
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), access_log=False)
+"""
 STARTUP_TIMEOUT_S = 120.0  # loading Keras and compiling four batch sizes takes seconds, more on a busy machine
 
 
@@ -52,6 +90,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--canvas-size", type=int, default=280, help="side of the PNGs sent, pixels (the page's canvas is 280)")
     parser.add_argument("--upload", action="store_true", help="send multipart file uploads instead of JSON data URLs")
     parser.add_argument("--workers", type=int, default=1, help="server processes (digitnet serve --workers)")
+    parser.add_argument("--anchor", action="store_true", help="also load the plain FastAPI app (one process) and compare")
     return parser.parse_args()
 
 
@@ -89,10 +128,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: str, port: int, workers: int) -> subprocess.Popen:
-    """`digitnet serve` in a subprocess; returns once each of its workers has loaded the model and /healthz answers."""
-    command = [sys.executable, "-m", "digitnet.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers)]
+def digitnet_command(model: str, port: int, workers: int) -> list[str]:
+    """`digitnet serve` on 127.0.0.1:port."""
+    return [sys.executable, "-m", "digitnet.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers)]
+
+
+def anchor_command(model: str, port: int) -> list[str]:
+    """The plain FastAPI app serving the same model on 127.0.0.1:port."""
+    return [sys.executable, "-c", ANCHOR_APP, os.fspath(model_file(model)), str(port)]
+
+
+def start_server(command: list[str], port: int, workers: int) -> subprocess.Popen:
+    """A server in a subprocess; returns once each of its workers has loaded the model and /healthz answers."""
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     started = threading.Semaphore(0)
     threading.Thread(target=relay_log, args=(server.stderr, started), daemon=True).start()
@@ -186,34 +234,9 @@ async def fire(
         return latencies, errors, time.perf_counter() - start
 
 
-def report(
-    latencies: list[float], errors: Counter, wall_s: float, cpu_s: dict[str, float | None], load_before: float,
-    args: argparse.Namespace,
-) -> None:
-    """One block of figures, with what they were measured on."""
-    ms = np.array(latencies) * 1000
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, 1-minute load average before the bench "
-          f"{load_before:.2f}; python {platform.python_version()}")
-    kind = "multipart uploads" if args.upload else "JSON data URLs"
-    print(f"load: {args.clients} clients, {kind} of {args.canvas_size}x{args.canvas_size} canvas PNGs; "
-          f"server: {args.workers} worker process(es)")
-    kinds = f" ({', '.join(f'{error}: {n}' for error, n in errors.items())})" if errors else ""
-    print(f"requests: {len(ms)} in {wall_s:.2f} s = {len(ms) / wall_s:.0f} requests/s, errors: {sum(errors.values())}{kinds}")
-    print(f"latency ms: p50 {np.percentile(ms, 50):.1f}, p90 {np.percentile(ms, 90):.1f}, "
-          f"p99 {np.percentile(ms, 99):.1f}, max {ms.max():.1f}")
-    # CPU per request depends far less on other work on the machine than throughput does.
-    per_request = ", ".join(f"{who} {1000 * s / len(ms):.2f}" for who, s in cpu_s.items() if s is not None)
-    print(f"CPU ms per request: {per_request}")
-
-
-def main() -> None:
-    """Start the server, warm it up, measure, stop it."""
-    args = parse_args()
-    load_before = os.getloadavg()[0]  # other work on the machine, before this bench adds its own
-    digits = load_mnist(args.data_dir).test_images[: args.images]
-    bodies = make_bodies(digits, args.upload, args.canvas_size)
-    port = free_port()
-    server = start_server(args.model, port, args.workers)
+def measure(command: list[str], port: int, workers: int, bodies: list[Callable[[], dict]], args: argparse.Namespace) -> dict:
+    """Start a server, warm it up, load it, stop it: its latencies, errors, wall time and CPU time per side."""
+    server = start_server(command, port, workers)
     url = f"http://127.0.0.1:{port}/predict"
     try:
         asyncio.run(fire(url, bodies, args.warmup, args.clients, args.max_seconds))
@@ -224,7 +247,47 @@ def main() -> None:
                  "client": time.process_time() - client_cpu}
     finally:
         stop_server(server)
-    report(latencies, errors, wall_s, cpu_s, load_before, args)
+    return {"latencies": latencies, "errors": errors, "wall_s": wall_s, "cpu_s": cpu_s}
+
+
+def report(name: str, latencies: list[float], errors: Counter, wall_s: float, cpu_s: dict[str, float | None]) -> None:
+    """One block of figures for one server."""
+    ms = np.array(latencies) * 1000
+    print(f"{name}:")
+    kinds = f" ({', '.join(f'{error}: {n}' for error, n in errors.items())})" if errors else ""
+    print(f"  requests: {len(ms)} in {wall_s:.2f} s = {len(ms) / wall_s:.0f} requests/s, errors: {sum(errors.values())}{kinds}")
+    print(f"  latency ms: p50 {np.percentile(ms, 50):.1f}, p90 {np.percentile(ms, 90):.1f}, "
+          f"p99 {np.percentile(ms, 99):.1f}, max {ms.max():.1f}")
+    # CPU per request depends far less on other work on the machine than throughput does.
+    per_request = ", ".join(f"{who} {1000 * s / len(ms):.2f}" for who, s in cpu_s.items() if s is not None)
+    print(f"  CPU ms per request: {per_request}")
+
+
+def main() -> None:
+    """Start the server, warm it up, measure, stop it."""
+    args = parse_args()
+    load_before = os.getloadavg()[0]  # other work on the machine, before this bench adds its own
+    if args.anchor and args.upload:
+        raise SystemExit("--anchor reads JSON data URLs only; leave out --upload")
+    digits = load_mnist(args.data_dir).test_images[: args.images]
+    bodies = make_bodies(digits, args.upload, args.canvas_size)
+    port = free_port()
+    results = {f"digitnet serve --workers {args.workers}": measure(digitnet_command(args.model, port, args.workers), port,
+                                                                  args.workers, bodies, args)}
+    if args.anchor:
+        port = free_port()
+        results["plain FastAPI app (anchor)"] = measure(anchor_command(args.model, port), port, 1, bodies, args)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, 1-minute load average before the bench "
+          f"{load_before:.2f}; python {platform.python_version()}")
+    kind = "multipart uploads" if args.upload else "JSON data URLs"
+    print(f"load: {args.clients} clients, {kind} of {args.canvas_size}x{args.canvas_size} canvas PNGs")
+    for name, result in results.items():
+        report(name, **result)
+    if args.anchor:
+        ours, anchor = results.values()
+        rate = [len(r["latencies"]) / r["wall_s"] for r in (ours, anchor)]
+        p99 = [np.percentile(r["latencies"], 99) for r in (ours, anchor)]
+        print(f"digitnet / anchor: {rate[0] / rate[1]:.2f}x the requests per second, {p99[0] / p99[1]:.2f}x the p99 latency")
 
 
 if __name__ == "__main__":
