@@ -73,8 +73,9 @@ def load_image(source: bytes | str | os.PathLike) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(fp) as opened:
                 _check_size(opened.size, name)
-                if isinstance(fp, io.BytesIO) and _plain_png(opened, fp.getvalue()):
-                    image = Image.fromarray(pyspng.load(fp.getvalue()))
+                data = fp.getvalue() if isinstance(fp, io.BytesIO) else None
+                if data is not None and _plain_png(opened, data):
+                    image = Image.fromarray(pyspng.load(data))
                 else:
                     opened.load()
                     # A decoded copy, turned upright; the file (kept open by animated images) closes here.
