@@ -326,6 +326,13 @@ def test_plain_pngs_decode_with_libspng_to_pillows_pixels(mode, spng_calls):
     np.testing.assert_array_equal(np.asarray(loaded), np.asarray(Image.open(io.BytesIO(data))))
 
 
+def test_without_libspng_pillow_decodes_plain_pngs_the_same(monkeypatch):
+    data = encode(canvas(WHITE, BLACK, "RGBA"))
+    with_libspng = np.asarray(load_image(data))
+    monkeypatch.setattr(pipeline, "pyspng", None)  # as on a platform without its wheels
+    np.testing.assert_array_equal(np.asarray(load_image(data)), with_libspng)
+
+
 def exif_png(image: Image.Image, orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation

@@ -17,9 +17,13 @@ import os
 import warnings
 
 import numpy as np
-import pyspng
 from PIL import Image, ImageOps
 from scipy import ndimage
+
+try:  # an optional dependency (see pyproject.toml): without it, Pillow decodes every PNG, to the same pixels
+    import pyspng
+except ImportError:
+    pyspng = None
 
 from digitnet.errors import DigitnetError
 
@@ -74,7 +78,7 @@ def load_image(source: bytes | str | os.PathLike) -> Image.Image:
             with Image.open(fp) as opened:
                 _check_size(opened.size, name)
                 data = fp.getvalue() if isinstance(fp, io.BytesIO) else None
-                if data is not None and _plain_png(opened, data):
+                if data is not None and pyspng is not None and _plain_png(opened, data):
                     image = Image.fromarray(pyspng.load(data))
                 else:
                     opened.load()
