@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import logging
 import json
@@ -25,7 +26,7 @@ from PIL import Image, ImageDraw
 from digitnet.config import TrainConfig
 from digitnet.model import build_model
 from digitnet.predict import Predictor
-from digitnet.serve import MAX_BODY_BYTES, create_app
+from digitnet.serve import MAX_BODY_BYTES, create_app, loaded_app
 
 PREDICTION_KEYS = {"file", "label", "probability", "probabilities"}  # as `digitnet predict --json`
 SMALL_LIMIT = 64 * 1024  # bytes; a body limit that tests can exceed cheaply
@@ -300,6 +301,19 @@ def test_serve_refuses_zero_workers_and_a_missing_model(run_dir, tmp_path):
         done = subprocess.run([sys.executable, "-m", "digitnet.cli", "serve", *args], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_loaded_app_is_kept_out_of_full_garbage_collections(run_dir):
+    gc.unfreeze()
+    try:
+        app = loaded_app(run_dir)
+        # What loading left (Keras, JAX, the model: hundreds of thousands of objects) is frozen ...
+        assert gc.get_freeze_count() > 50_000
+        assert app.routes
+        # ... so a full collection no longer walks it.
+        assert len(gc.get_objects(generation=2)) < gc.get_freeze_count() / 10
+    finally:
+        gc.unfreeze()
 
 
 def test_a_malformed_multipart_body_adds_no_bare_line_to_the_log(client, caplog):

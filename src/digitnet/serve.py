@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import gc
 import io
 import json
 import logging
@@ -198,7 +199,7 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
     if workers == 1:
         sock = listen_socket(host, port, reuse_port=False)  # bound before the model loads: a busy port fails fast
         port = sock.getsockname()[1]  # the one the system chose, for --port 0
-        app = create_app(load_predictor(model))
+        app = loaded_app(model)
         print(f"digitnet: serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises Ctrl-C again once it has shut down
             uvicorn.Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)).run(sockets=[sock])
@@ -254,10 +255,22 @@ def serve_worker(model: str, host: str, port: int) -> None:
         print(f"digitnet: error: {err}", file=sys.stderr)
         sys.exit(2)
     try:
-        app = create_app(load_predictor(model))
+        app = loaded_app(model)
         uvicorn.Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)).run(sockets=[sock])
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal's group, this one included
         pass
+
+
+def loaded_app(model: str | os.PathLike) -> FastAPI:
+    """The app with its model loaded, and all that loading made kept out of the garbage collector's scans."""
+    app = create_app(load_predictor(model))
+    # Keras, JAX and the model leave about 300,000 long-lived objects, and a full collection scans them all:
+    # 230 ms measured, during which every request in flight waits; under load that made 1 to 2% of the
+    # requests take twice as long as the rest. Frozen, they are never scanned again; each request's own
+    # garbage still is, by the cheap young-generation collections.
+    gc.collect()
+    gc.freeze()
+    return app
 
 
 def url(host: str, port: int) -> str:
