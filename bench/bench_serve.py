@@ -10,7 +10,7 @@ model (Pillow's resize to 28x28, `model.predict` per request, no preprocessing: 
 it is only a speed reference), and the bench prints the ratios of the two.
 
     python bench/bench_serve.py runs/RUN [--clients 32] [--requests 10000] [--max-seconds 30] [--workers 1]
-                                         [--anchor]
+                                         [--anchor [--rounds 2]]
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--upload", action="store_true", help="send multipart file uploads instead of JSON data URLs")
     parser.add_argument("--workers", type=int, default=1, help="server processes (digitnet serve --workers)")
     parser.add_argument("--anchor", action="store_true", help="also load the plain FastAPI app (one process) and compare")
+    parser.add_argument("--rounds", type=int, default=2, help="with --anchor: alternate the two servers this many times each")
     return parser.parse_args()
 
 
@@ -271,23 +272,26 @@ def main() -> None:
         raise SystemExit("--anchor reads JSON data URLs only; leave out --upload")
     digits = load_mnist(args.data_dir).test_images[: args.images]
     bodies = make_bodies(digits, args.upload, args.canvas_size)
-    port = free_port()
-    results = {f"digitnet serve --workers {args.workers}": measure(digitnet_command(args.model, port, args.workers), port,
-                                                                  args.workers, bodies, args)}
-    if args.anchor:
+    ours = f"digitnet serve --workers {args.workers}"
+    results: list[tuple[str, dict]] = []
+    for _ in range(args.rounds if args.anchor else 1):  # alternating, so a drift in the machine's speed hits both
         port = free_port()
-        results["plain FastAPI app (anchor)"] = measure(anchor_command(args.model, port), port, 1, bodies, args)
+        results.append((ours, measure(digitnet_command(args.model, port, args.workers), port, args.workers, bodies, args)))
+        if args.anchor:
+            port = free_port()
+            results.append(("plain FastAPI app (anchor)", measure(anchor_command(args.model, port), port, 1, bodies, args)))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, 1-minute load average before the bench "
           f"{load_before:.2f}; python {platform.python_version()}")
     kind = "multipart uploads" if args.upload else "JSON data URLs"
     print(f"load: {args.clients} clients, {kind} of {args.canvas_size}x{args.canvas_size} canvas PNGs")
-    for name, result in results.items():
+    for name, result in results:
         report(name, **result)
     if args.anchor:
-        ours, anchor = results.values()
-        rate = [len(r["latencies"]) / r["wall_s"] for r in (ours, anchor)]
-        p99 = [np.percentile(r["latencies"], 99) for r in (ours, anchor)]
-        print(f"digitnet / anchor: {rate[0] / rate[1]:.2f}x the requests per second, {p99[0] / p99[1]:.2f}x the p99 latency")
+        for round_, ((_, mine), (_, anchor)) in enumerate(zip(results[::2], results[1::2]), start=1):
+            rate = [len(r["latencies"]) / r["wall_s"] for r in (mine, anchor)]
+            p99 = [np.percentile(r["latencies"], 99) for r in (mine, anchor)]
+            print(f"round {round_}, digitnet / anchor: {rate[0] / rate[1]:.2f}x the requests per second, "
+                  f"{p99[0] / p99[1]:.2f}x the p99 latency")
 
 
 if __name__ == "__main__":
