@@ -5,9 +5,10 @@ drawing page sends (MNIST test digits, scaled up tenfold, white on black, RGBA, 
 throughput and latency, and stops the server. The client shares the machine's cores with the server, so the
 figures are a lower bound on what the server alone can do.
 
-With --anchor, the same load then goes to the plain FastAPI app a Keras user writes first, serving the same
+With --anchor, the same load also goes to the plain FastAPI app a Keras user writes first, serving the same
 model (Pillow's resize to 28x28, `model.predict` per request, no preprocessing: its answers are mostly wrong,
-it is only a speed reference), and the bench prints the ratios of the two.
+it is only a speed reference); the two servers take turns, --rounds times each, and the bench prints the
+ratios of each round.
 
     python bench/bench_serve.py runs/RUN [--clients 32] [--requests 10000] [--max-seconds 30] [--workers 1]
                                          [--anchor [--rounds 2]]
@@ -272,11 +273,10 @@ def main() -> None:
         raise SystemExit("--anchor reads JSON data URLs only; leave out --upload")
     digits = load_mnist(args.data_dir).test_images[: args.images]
     bodies = make_bodies(digits, args.upload, args.canvas_size)
-    ours = f"digitnet serve --workers {args.workers}"
     results: list[tuple[str, dict]] = []
     for _ in range(args.rounds if args.anchor else 1):  # alternating, so a drift in the machine's speed hits both
         port = free_port()
-        results.append((ours, measure(digitnet_command(args.model, port, args.workers), port, args.workers, bodies, args)))
+        results.append((f"digitnet serve --workers {args.workers}", measure(digitnet_command(args.model, port, args.workers), port, args.workers, bodies, args)))
         if args.anchor:
             port = free_port()
             results.append(("plain FastAPI app (anchor)", measure(anchor_command(args.model, port), port, 1, bodies, args)))
