@@ -276,7 +276,8 @@ def main() -> None:
     results: list[tuple[str, dict]] = []
     for _ in range(args.rounds if args.anchor else 1):  # alternating, so a drift in the machine's speed hits both
         port = free_port()
-        results.append((f"digitnet serve --workers {args.workers}", measure(digitnet_command(args.model, port, args.workers), port, args.workers, bodies, args)))
+        command = digitnet_command(args.model, port, args.workers)
+        results.append((f"digitnet serve --workers {args.workers}", measure(command, port, args.workers, bodies, args)))
         if args.anchor:
             port = free_port()
             results.append(("plain FastAPI app (anchor)", measure(anchor_command(args.model, port), port, 1, bodies, args)))
