@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import io
@@ -26,7 +27,7 @@ from PIL import Image, ImageDraw
 from digitnet.config import TrainConfig
 from digitnet.model import build_model
 from digitnet.predict import Predictor
-from digitnet.serve import MAX_BODY_BYTES, create_app, loaded_app
+from digitnet.serve import MAX_BODY_BYTES, BatchedForward, create_app, loaded_app
 
 PREDICTION_KEYS = {"file", "label", "probability", "probabilities"}  # as `digitnet predict --json`
 SMALL_LIMIT = 64 * 1024  # bytes; a body limit that tests can exceed cheaply
@@ -309,9 +310,9 @@ def test_the_loaded_app_is_kept_out_of_full_garbage_collections(run_dir):
         app = loaded_app(run_dir)
         # What loading left (Keras, JAX, the model: hundreds of thousands of objects) is frozen ...
         assert gc.get_freeze_count() > 50_000
-        assert app.routes
         # ... so a full collection no longer walks it.
         assert len(gc.get_objects(generation=2)) < gc.get_freeze_count() / 10
+        assert TestClient(app).get("/healthz").json() == {"status": "ok"}
     finally:
         gc.unfreeze()
 
@@ -322,3 +323,40 @@ def test_a_malformed_multipart_body_adds_no_bare_line_to_the_log(client, caplog)
     assert_client_error(response, 400)
     assert "Invalid multipart data" in response.json()["detail"]
     assert not [record for record in caplog.records if record.name.startswith("python_multipart")]
+
+
+class CountingPredictor:
+    """A Predictor's predict_arrays that records the batch size of each call, and can be made to fail."""
+
+    def __init__(self, predictor: Predictor, error: Exception | None = None) -> None:
+        self.predictor, self.error, self.batches = predictor, error, []
+
+    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
+        self.batches.append(len(x))
+        if self.error is not None:
+            raise self.error
+        return self.predictor.predict_arrays(x)
+
+
+def test_drawings_ready_together_share_one_forward_pass(predictor):
+    images = np.random.default_rng(0).random((5, 28, 28)).astype(np.float32)
+    counting = CountingPredictor(predictor)
+    forward = BatchedForward(counting)
+
+    async def requests_then_one_more():
+        together = await asyncio.gather(*(forward(image) for image in images))
+        return together, await forward(images[0])
+
+    together, alone = asyncio.run(requests_then_one_more())
+    assert counting.batches == [5, 1]
+    np.testing.assert_allclose(np.stack(together), predictor.predict_arrays(images), atol=1e-6)
+    np.testing.assert_allclose(alone, together[0], atol=1e-6)
+
+
+def test_a_failing_forward_pass_fails_each_waiting_request(predictor):
+    forward = BatchedForward(CountingPredictor(predictor, error=RuntimeError("broken")))
+
+    async def three():
+        return await asyncio.gather(*(forward(np.zeros((28, 28), np.float32)) for _ in range(3)), return_exceptions=True)
+
+    assert [str(result) for result in asyncio.run(three())] == ["broken"] * 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -62,6 +63,7 @@ def create_app(predictor: Predictor, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
     # One photo per core at a time: each may take a second and a few hundred MB once decoded, so a burst
     # of them queues here instead of filling the memory.
     photo_limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
+    forward = BatchedForward(predictor)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -88,7 +90,8 @@ def create_app(predictor: Predictor, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
         # 0.5 ms of CPU a request). A photo can take a second, so it goes to a worker thread instead and
         # the other clients are not kept waiting.
         if is_small_image(data):
-            return JSONResponse(predict_image(predictor, name, data))
+            image = read_image(name, data)
+            return JSONResponse(answer(name, image, await forward(image)))
         result = await anyio.to_thread.run_sync(predict_image, predictor, name, data, limiter=photo_limiter)
         return JSONResponse(result)
 
@@ -170,18 +173,64 @@ def is_small_image(data: bytes) -> bool:
     return width * height <= INLINE_MAX_PIXELS
 
 
-def predict_image(predictor: Predictor, name: str, data: bytes) -> dict[str, Any]:
-    """The prediction for one encoded image, with the preprocessed image; 422 if it cannot be read."""
+class BatchedForward:
+    """The network's forward pass, run once for all the drawings that one turn of the event loop preprocessed.
+
+    Under load several requests are ready at each turn, and a pass over a few images costs about what
+    one costs. Measured in one process, a pass between two preprocessings took 0.2 to 0.45 ms of CPU
+    against 0.04 ms in a tight loop, for a 784-16-10 network as for 784-512-10: the time goes to bringing
+    JAX's dispatch code back into the CPU's caches, not to arithmetic. One pass for four drawings took
+    0.08 to 0.16 ms a drawing.
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        self._predictor = predictor
+        self._waiting: list[tuple[np.ndarray, asyncio.Future]] = []
+
+    async def __call__(self, image: np.ndarray) -> np.ndarray:
+        """The class probabilities (10,) for one preprocessed (28, 28) image."""
+        future = asyncio.get_running_loop().create_future()
+        if not self._waiting:  # the first of this turn: the pass runs after the requests already ready
+            future.get_loop().call_soon(self._run)
+        self._waiting.append((image, future))
+        return await future
+
+    def _run(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        try:
+            probabilities = self._predictor.predict_arrays(np.stack([image for image, _ in waiting]))
+        except Exception as err:  # a bug: each waiting request answers 500 with it
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(err)
+            return
+        for (_, future), result in zip(waiting, probabilities):
+            if not future.done():  # (a request whose client went away is cancelled)
+                future.set_result(result)
+
+
+def read_image(name: str, data: bytes) -> np.ndarray:
+    """The preprocessed (28, 28) image of an encoded image; 422 if it cannot be read."""
     try:
-        image = preprocess(data, require_ink=True)
+        return preprocess(data, require_ink=True)
     except ImageError as err:
         raise HTTPException(422, f"{name}: {err}") from None
     except Exception as err:  # any other failure to decode arbitrary bytes is still the input's fault
         log.warning("cannot preprocess %s: %r", name, err)
         raise HTTPException(422, f"{name}: cannot read this image ({type(err).__name__})") from None
-    result = prediction(name, predictor.predict_arrays(image[np.newaxis])[0])
+
+
+def answer(name: str, image: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+    """The /predict answer: `digitnet predict --json`'s object, and the image the network saw as a PNG data URL."""
+    result = prediction(name, probabilities)
     result["preprocessed"] = "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
     return result
+
+
+def predict_image(predictor: Predictor, name: str, data: bytes) -> dict[str, Any]:
+    """The /predict answer for one encoded image, computed on the calling thread (photos: a worker thread)."""
+    image = read_image(name, data)
+    return answer(name, image, predictor.predict_arrays(image[np.newaxis])[0])
 
 
 async def internal_error(request: Request, err: Exception) -> JSONResponse:
@@ -271,6 +320,7 @@ def loaded_app(model: str | os.PathLike) -> FastAPI:
     gc.collect()
     gc.freeze()
     return app
+
 
 
 def url(host: str, port: int) -> str:
