@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from digitnet.config import TrainConfig
 from digitnet.model import build_model
 from digitnet.predict import Predictor
-from digitnet.serve import MAX_BODY_BYTES, BatchedForward, create_app, loaded_app
+from digitnet.serve import MAX_BODY_BYTES, BatchedReader, create_app, loaded_app, predict_image
 
 PREDICTION_KEYS = {"file", "label", "probability", "probabilities"}  # as `digitnet predict --json`
 SMALL_LIMIT = 64 * 1024  # bytes; a body limit that tests can exceed cheaply
@@ -338,25 +338,30 @@ class CountingPredictor:
         return self.predictor.predict_arrays(x)
 
 
+def read_together(reader: BatchedReader, drawings: list[bytes]) -> list:
+    """The reader's answers (or errors) for drawings whose requests are ready at the same time."""
+
+    async def together():
+        return await asyncio.gather(*(reader(f"d{i}", data) for i, data in enumerate(drawings)), return_exceptions=True)
+
+    return asyncio.run(together())
+
+
 def test_drawings_ready_together_share_one_forward_pass(predictor):
-    images = np.random.default_rng(0).random((5, 28, 28)).astype(np.float32)
+    drawings = [canvas_png(size) for size in (280, 200, 140)] + [b"not an image", canvas_png(lines=0)]
     counting = CountingPredictor(predictor)
-    forward = BatchedForward(counting)
-
-    async def requests_then_one_more():
-        together = await asyncio.gather(*(forward(image) for image in images))
-        return together, await forward(images[0])
-
-    together, alone = asyncio.run(requests_then_one_more())
-    assert counting.batches == [5, 1]
-    np.testing.assert_allclose(np.stack(together), predictor.predict_arrays(images), atol=1e-6)
-    np.testing.assert_allclose(alone, together[0], atol=1e-6)
+    answers = read_together(BatchedReader(counting), drawings)
+    assert counting.batches == [3]  # the three readable drawings
+    for i, data in enumerate(drawings[:3]):  # as each alone would get, but for float rounding in the batch
+        alone = predict_image(predictor, f"d{i}", data)
+        assert answers[i]["probabilities"] == pytest.approx(alone.pop("probabilities"), abs=1e-6)
+        assert {key: answers[i][key] for key in alone} == pytest.approx(alone, abs=1e-6)
+    assert [(error.status_code, error.detail.split(":")[0]) for error in answers[3:]] == [(422, "d3"), (422, "d4")]
+    assert read_together(BatchedReader(counting), drawings[:1])[0]["label"] == answers[0]["label"]
+    assert counting.batches == [3, 1]
 
 
 def test_a_failing_forward_pass_fails_each_waiting_request(predictor):
-    forward = BatchedForward(CountingPredictor(predictor, error=RuntimeError("broken")))
-
-    async def three():
-        return await asyncio.gather(*(forward(np.zeros((28, 28), np.float32)) for _ in range(3)), return_exceptions=True)
-
-    assert [str(result) for result in asyncio.run(three())] == ["broken"] * 3
+    reader = BatchedReader(CountingPredictor(predictor, error=RuntimeError("broken")))
+    answers = read_together(reader, [canvas_png(), canvas_png(), b"junk"])
+    assert [str(answer) for answer in answers[:2]] == ["broken", "broken"] and answers[2].status_code == 422
