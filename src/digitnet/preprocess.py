@@ -428,7 +428,7 @@ def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[np.floating]
     """[np.percentile(values, q) for q in qs], to the bit (numpy's linear method), from one partial sort.
 
     np.percentile partially sorts a copy of the values for each call and checks and promotes its
-    arguments in Python: its four calls took a quarter of the time a canvas takes to preprocess.
+    arguments in Python: its four calls took a sixth of the time a canvas takes to preprocess.
     """
     ordered = values.flatten()  # a copy: partitioned in place below
     count = ordered.size
