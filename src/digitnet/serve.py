@@ -177,10 +177,10 @@ class BatchedReader:
     preprocessing, then one forward pass for all, then each answer.
 
     Under load several requests are ready at each turn. Running each stage over all of them keeps its
-    code in the CPU's caches: a forward pass between two preprocessings took 0.2 to 0.45 ms of CPU,
+    code in the CPU's caches: a forward pass between two preprocessings took 0.2 to 0.5 ms of CPU,
     against 0.04 ms in a tight loop (for a 784-16-10 network as for 784-512-10: the time is not in the
-    arithmetic), and in a load test the server spent 3.3 to 3.7 ms of CPU a request so, against 4.2 to
-    4.3 ms with one forward pass a turn but each request read on its own.
+    arithmetic). In two alternating pairs of load tests the server spent 3.5 and 4.0 ms of CPU a request
+    so, against 3.7 and 4.2 ms with one forward pass a turn but each request read on its own.
     """
 
     def __init__(self, predictor: Predictor) -> None:
