@@ -264,6 +264,45 @@ def test_photo_has_no_flat_background():
     assert pipeline._flat_background(rgb) is None
 
 
+# Exact shortcuts ---------------------------------------------------------------------------------------
+
+
+def sample_arrays(seed: int):
+    """float32 arrays such as the statistics see: image levels with many ties (mostly paper), or continuous values."""
+    rng = np.random.default_rng(seed)
+    for trial in range(300):
+        size = int(rng.integers(1, 2500))
+        levels = rng.integers(0, 256, size).astype(np.float32) / np.float32(255.0)
+        values = levels if trial % 2 else rng.random(size).astype(np.float32)
+        if trial % 3 == 0:
+            values[rng.random(size) < 0.8] = 0.0
+        yield values.reshape(1, -1) if trial % 5 else values[: size - size % 7].reshape(-1, 7)[:, ::2]
+
+
+def test_percentiles_and_medians_are_numpys_to_the_bit():
+    for values in sample_arrays(seed=0):
+        qs = (0.1, 90.0, 99.9, 50.0, 100.0 * float(np.random.default_rng(values.size).random()))
+        got = pipeline._percentiles(values, qs)
+        assert [(float(x), x.dtype) for x in got] == [(float(np.percentile(values, q)), np.float32) for q in qs]
+        assert float(pipeline._median(values)) == float(np.median(values))
+    values = np.array([3, 1, 2], np.float32)
+    pipeline._percentiles(values, (50.0,)), pipeline._median(values)  # they sort copies: the caller's array stays as it was
+    np.testing.assert_array_equal(values, [3, 1, 2])
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 7, 9, 15, 21])
+def test_window_extremes_are_scipys_rank_filters(size):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(size)
+    for shape in ((1, 1), (5, 40), (37, 23), (64, 64)):
+        image = (rng.random(shape) * (rng.random(shape) < 0.4)).astype(np.float32)
+        for extreme, rank_filter in ((np.maximum, ndimage.maximum_filter), (np.minimum, ndimage.minimum_filter)):
+            for margin in (0, size):
+                expected = rank_filter(np.pad(image, margin), size=size, mode="constant")
+                np.testing.assert_array_equal(pipeline._window_extreme(image, size, extreme, margin=margin), expected)
+
+
 # Sizes -------------------------------------------------------------------------------------------------
 
 
