@@ -339,7 +339,6 @@ def loaded_app(model: str | os.PathLike) -> FastAPI:
     return app
 
 
-
 def url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
