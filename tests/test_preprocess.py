@@ -426,6 +426,13 @@ def lab_tiff() -> bytes:
     return encode(Image.new("LAB", (32, 32)), "TIFF")
 
 
+def float_tiff_with_nan() -> bytes:
+    """A '2' as a 32-bit float TIFF whose top rows hold NaN, as scientific images mark missing data."""
+    pixels = np.asarray(draw_two((200, 200)).convert("L"), np.float32) / 255
+    pixels[:20] = np.nan
+    return encode(Image.fromarray(pixels, "F"), "TIFF")
+
+
 @pytest.mark.parametrize(
     "data, words",
     [
@@ -435,8 +442,9 @@ def lab_tiff() -> bytes:
         (png_header_only(50_000, 50_000), "too large"),
         (png_header_only(8_000, 8_000), "too large"),
         (lab_tiff(), "unsupported image mode"),
+        (float_tiff_with_nan(), "NaN or infinite"),
     ],
-    ids=["empty", "random-bytes", "truncated-png", "bomb-50000x50000", "over-max-pixels", "lab-mode"],
+    ids=["empty", "random-bytes", "truncated-png", "bomb-50000x50000", "over-max-pixels", "lab-mode", "float-nan"],
 )
 def test_bad_files_raise_image_error_with_one_line(data, words):
     with pytest.raises(ImageError) as caught:

@@ -262,6 +262,8 @@ def _as_arrays(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     if image.mode == "F":
         # 16-bit scans use 0..65535, 8-bit values stored deep use 0..255, float TIFFs 0..1.
         pixels = np.asarray(image, np.float32)
+        if not np.isfinite(pixels).all():  # a float TIFF's "no data"; no level of ink or paper is right for it
+            raise ImageError("the image has NaN or infinite pixel values; save it with finite ones, or as an 8-bit PNG")
         top = pixels.max(initial=0.0)
         scale = 65535.0 if top > 255 else 255.0 if top > 1 else 1.0
         return np.clip(pixels / scale, 0.0, 1.0)[:, :, None], None
