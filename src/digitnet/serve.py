@@ -177,9 +177,9 @@ class BatchedReader:
     preprocessing, then one forward pass for all, then each answer.
 
     Under load several requests are ready at each turn. Running each stage over all of them keeps its
-    code in the CPU's caches: a forward pass between two preprocessings took 0.2 to 0.5 ms of CPU,
-    against 0.04 ms in a tight loop (for a 784-16-10 network as for 784-512-10: the time is not in the
-    arithmetic). In two alternating pairs of load tests the server spent 3.5 and 4.0 ms of CPU a request
+    code in the CPU's caches: a forward pass between two preprocessings took 0.2 to 0.35 ms of its
+    thread's CPU, against 0.02 to 0.04 ms in a tight loop, and as long for a 784-16-10 network as for
+    784-512-10 (timed by the clock): the time is not in the arithmetic. In two alternating pairs of load tests the server spent 3.5 and 4.0 ms of CPU a request
     so, against 3.7 and 4.2 ms with one forward pass a turn but each request read on its own.
     """
 
