@@ -36,7 +36,7 @@ def main() -> None:
     data = load_mnist(args.data_dir)
     mark("read and checked MNIST")
     with tempfile.TemporaryDirectory() as out:
-        train_and_evaluate(load_recipe("fast"), out, data=data, log=mark)  # "compiled ..." ends building + compiling
+        train_and_evaluate(load_recipe("fast"), out, data=data, log=mark)  # "built and compiled ..." ends that phase
     mark("done")
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from digitnet.config import ConfigError, TrainConfig, load_recipe, recipe_names
-from digitnet.model import build_model, layer_sizes, make_predict_fn
+from digitnet.model import TransposedGlorotUniform, build_model, layer_sizes, make_predict_fn
 
 
 def test_write_up_network_has_101770_parameters():
@@ -38,6 +38,28 @@ def test_saved_model_loads_with_plain_keras(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     x = np.random.default_rng(1).random((3, 784)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(256, 10), (784, 800), (3, 5), (10, 10)])
+def test_transposed_glorot_draws_keras_own_numbers(shape):
+    keras.utils.set_random_seed(7)
+    ours = TransposedGlorotUniform()(shape)
+    keras.utils.set_random_seed(7)
+    theirs = keras.initializers.GlorotUniform()(shape)
+    assert ours.shape == shape
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(TransposedGlorotUniform(seed=3)(shape), keras.initializers.GlorotUniform(seed=3)(shape))
+
+
+def test_network_starts_from_the_weights_plain_keras_draws_and_saves_keras_initializer():
+    model = build_model(TrainConfig(hidden=(32, 16), seed=5))
+    keras.utils.set_random_seed(5)
+    plain = keras.Sequential([keras.Input(shape=(784,)), keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10), keras.layers.Softmax()])
+    for ours, theirs in zip(model.weights, plain.weights, strict=True):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    initializer = model.get_layer("output").get_config()["kernel_initializer"]
+    assert (initializer["module"], initializer["class_name"]) == ("keras.initializers", "GlorotUniform")
 
 
 @pytest.mark.parametrize("field, value, words", [

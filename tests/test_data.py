@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from digitnet import data
-from digitnet.data import DataError, IdxFile, MirrorSource, PypiSource, idx_bytes, load_mnist, parse_idx
+from digitnet.data import (DataError, IdxFile, MirrorSource, PypiSource, idx_bytes, load_mnist, load_mnist_in_background,
+                           parse_idx)
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +54,15 @@ def test_good_folder_gz_or_raw(tmp_path, tiny_mnist, gz):
     np.testing.assert_array_equal(mnist.train_images, arrays["train_images"])
     np.testing.assert_array_equal(mnist.test_labels, arrays["test_labels"])
     assert mnist.train_images.dtype == np.uint8 and mnist.train_images.shape == (6, 28, 28)
+
+
+def test_loading_in_background_gives_the_data_or_raises_its_error(tmp_path, tiny_mnist):
+    arrays, raw = tiny_mnist
+    mnist = load_mnist_in_background(write_folder(tmp_path / "d", raw, gz=True))()
+    np.testing.assert_array_equal(mnist.train_images, arrays["train_images"])
+    wait = load_mnist_in_background(tmp_path / "missing")
+    with pytest.raises(DataError, match="no such folder"):
+        wait()
 
 
 def test_truncated_file_names_the_file_and_the_fix(tmp_path, tiny_mnist):

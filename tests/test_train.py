@@ -48,6 +48,18 @@ def test_each_optimizer_lowers_the_loss(mnist, optimizer, learning_rate, schedul
     assert after < 0.7 * before
 
 
+def test_trainer_starts_from_the_weights_build_model_draws(mnist):
+    # The Trainer builds its network with the initializers deferred, and compiles meanwhile: same numbers.
+    config = TrainConfig(train_size=500, val_size=200, hidden=(32, 16), dropout=0.2, seed=3)
+    trainer = Trainer(config, split_validation(mnist, config.val_size, config.seed, config.train_size))
+    model = build_model(config)
+    for ours, theirs in ((trainer.state.trainable, model.trainable_variables),
+                         (trainer.state.non_trainable, model.non_trainable_variables)):
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs):
+            np.testing.assert_array_equal(np.asarray(a), b.numpy())
+
+
 def test_steps_per_epoch_cover_every_sample(mnist):
     splits = split_validation(mnist, 500, seed=0, train_size=1000)
     assert Trainer(TrainConfig(hidden=(8,), batch_size=128), splits).steps == 8  # the last holds 104 real samples

@@ -93,9 +93,6 @@ def train(
     data_dir: DataDirOption = None,
 ) -> None:
     """Train a network on MNIST, checkpointing every epoch, then report its test accuracy."""
-    # Imported here, as in every command, so that `digitnet --help` does not wait for JAX and Keras to load.
-    from digitnet.train import train_and_evaluate
-
     if list_recipes:
         for name in recipe_names():
             print(f"{name:18s} {describe_recipe(name)}")
@@ -108,11 +105,17 @@ def train(
     if resume is not None:
         if overrides or recipe or out:
             raise ConfigError("--resume continues a run with its saved config.json; give no other training flags")
-        train_and_evaluate(TrainConfig(), resume, data_dir=data_dir, resume=True)
-        return
-    config = config_from_flags(recipe, overrides)
-    out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    train_and_evaluate(config, out, data_dir=data_dir)
+        config, out = TrainConfig(), resume
+    else:
+        config = config_from_flags(recipe, overrides)
+        out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    from digitnet.data import load_mnist_in_background
+
+    data = load_mnist_in_background(data_dir)  # while JAX and Keras load
+    # Imported here, as in every command, so that `digitnet --help` does not wait for JAX and Keras to load.
+    from digitnet.train import train_and_evaluate
+
+    train_and_evaluate(config, out, data=data(), resume=resume is not None)
 
 
 @app.command()

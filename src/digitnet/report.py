@@ -40,7 +40,7 @@ METRIC_LABELS = {
     "epochs": "Epochs trained",
     "params": "Parameters",
     "train_seconds": "Training time",
-    "compile_seconds": "Compile time",
+    "compile_seconds": "Build and compile time",
     "n_train": "Training images",
     "n_val": "Validation images",
     "n_test": "Test images",

@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -140,14 +141,21 @@ def make_epoch_fn(model: keras.Model, optimizer: keras.optimizers.Optimizer, con
     return jax.jit(epoch, donate_argnums=0)
 
 
-def make_eval_fn(model: keras.Model) -> Callable:
-    """A function (state, images uint8 (N, 784), labels) -> (mean loss, accuracy), compiled for one chunk size."""
+def eval_chunk_fn(model: keras.Model) -> Callable:
+    """A jitted function (trainable, non_trainable, images uint8 (n, 784), labels, weights) -> (loss sum, correct sum)."""
     network = logits_model(model)
 
     @jax.jit
     def chunk_sums(trainable, non_trainable, x, y, weights):
         logits, _ = network.stateless_call(trainable, non_trainable, x.astype(jnp.float32) / 255.0, training=False)
         return jnp.sum(weights * cross_entropy(logits, y)), jnp.sum(weights * (jnp.argmax(logits, axis=1) == y))
+
+    return chunk_sums
+
+
+def make_eval_fn(chunk_sums: Callable) -> Callable:
+    """A function (state, images uint8 (N, 784), labels) -> (mean loss, accuracy), calling chunk_sums on
+    EVAL_CHUNK images at a time: one compiled shape for validation and test alike."""
 
     def evaluate(state: State, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
         n = len(labels)
@@ -165,6 +173,29 @@ def make_eval_fn(model: keras.Model) -> Callable:
         return loss / n, correct / n
 
     return evaluate
+
+
+def compile_functions(model: keras.Model, optimizer: keras.optimizers.Optimizer, config: TrainConfig, shapes: State,
+                      n_train: int, batch_size: int) -> tuple[Callable, Callable]:
+    """The epoch and evaluation functions, compiled from the shapes of the state alone (no weights needed).
+
+    Both are traced here, one after the other (tracing calls the Keras layers, which are not meant to be
+    called from two threads at once), then XLA compiles them side by side.
+    """
+    data = (jax.ShapeDtypeStruct((n_train, N_PIXELS), np.uint8), jax.ShapeDtypeStruct((n_train,), np.int32))
+    epoch = make_epoch_fn(model, optimizer, config, n_train, batch_size).lower(
+        shapes.tree(), *data, jax.eval_shape(epoch_key, 0, 0))
+    chunk = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in
+             (((EVAL_CHUNK, N_PIXELS), np.uint8), ((EVAL_CHUNK,), np.int32), ((EVAL_CHUNK,), np.float32))]
+    evaluate = eval_chunk_fn(model).lower(shapes.trainable, shapes.non_trainable, *chunk)
+    with ThreadPoolExecutor(1) as pool:
+        compiled_epoch = pool.submit(epoch.compile)
+        return compiled_epoch.result(), make_eval_fn(evaluate.compile())
+
+
+def shapes_of(variables: list) -> list[jax.ShapeDtypeStruct]:
+    """What a compiled function needs to know of Keras variables, initialised or not: shapes and dtypes."""
+    return [jax.ShapeDtypeStruct(tuple(v.shape), v.dtype) for v in variables]
 
 
 def epoch_key(seed: int, epoch: int) -> jax.Array:
@@ -258,7 +289,7 @@ def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist 
         history, start = read_history(out_dir / "history.csv")[:done], done + 1
         log(f"resuming {out_dir} after epoch {done}" if done < config.epochs else
             f"{out_dir}: all {config.epochs} {'epoch was' if config.epochs == 1 else 'epochs were'} done before; evaluating it again")
-    log(f"compiled in {trainer.compile_seconds:.2f} s ({trainer.steps} {'step' if trainer.steps == 1 else 'steps'} "
+    log(f"built and compiled in {trainer.compile_seconds:.2f} s ({trainer.steps} {'step' if trainer.steps == 1 else 'steps'} "
         f"of {trainer.batch_size} per epoch)")
     last_good = trainer.state_on_host()
     try:
@@ -320,28 +351,41 @@ class Trainer:
         n_train = len(splits.y_train)
         self.batch_size = config.resolve_batch_size(n_train)
         self.steps = math.ceil(n_train / self.batch_size)
-        self.model = build_model(config)
-        self.optimizer = make_optimizer(config, self.steps)
-        compile_model(self.model, self.optimizer)
-        self.state = initial_state(self.model, self.optimizer)
-        # The data lives on the device and enters the compiled function as arguments, never as constants.
-        self.images = jnp.asarray(splits.x_train.reshape(n_train, N_PIXELS))
-        self.labels = jnp.asarray(splits.y_train.astype(np.int32))
         started = time.perf_counter()
-        epoch_fn = make_epoch_fn(self.model, self.optimizer, config, n_train, self.batch_size)
-        self.epoch_fn = epoch_fn.lower(self.state.tree(), self.images, self.labels, epoch_key(0, 0)).compile()
+        # The network is built without its initial weights: in a StatelessScope, Keras creates each variable
+        # with its shape and defers its initializer to the scope's end. The epoch and evaluation functions
+        # compile from those shapes on another thread meanwhile, while this one draws the weights (each
+        # Keras initializer is an XLA program of its own to compile). On a first run, with nothing in the
+        # compilation cache, the two took about a second each, one after the other.
+        self.optimizer = make_optimizer(config, self.steps)  # outside: it creates its step counter from a number
+        with ThreadPoolExecutor(1) as pool:
+            with keras.StatelessScope():
+                self.model = build_model(config)
+                compile_model(self.model, self.optimizer)
+                shapes = State(*(shapes_of(v) for v in (self.model.trainable_variables,
+                                                         self.model.non_trainable_variables, self.optimizer.variables)))
+                compiling = pool.submit(compile_functions, self.model, self.optimizer, config, shapes, n_train, self.batch_size)
+            self.state = initial_state(self.model, self.optimizer)  # the scope has ended: the weights exist
+            # The data lives on the device and enters the compiled function as arguments, never as constants.
+            self.images = jnp.asarray(splits.x_train.reshape(n_train, N_PIXELS))
+            self.labels = jnp.asarray(splits.y_train.astype(np.int32))
+            # Drawn now, while XLA compiles: the first key costs two small programs of its own to compile.
+            self.epoch_keys = [epoch_key(config.seed, epoch) for epoch in range(config.epochs + 1)]
+            self.epoch_fn, self.evaluate_fn = compiling.result()
         self.compile_seconds = time.perf_counter() - started
-        self.evaluate_fn = make_eval_fn(self.model)
 
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch and measure it; returns the history row."""
         started = time.perf_counter()
-        tree, loss, accuracy = self.epoch_fn(self.state.tree(), self.images, self.labels, epoch_key(self.config.seed, epoch))
+        tree, loss, accuracy = self.epoch_fn(self.state.tree(), self.images, self.labels, self.epoch_key(epoch))
         self.state = State(*tree)
         loss, accuracy = float(loss), float(accuracy)  # waits for the device
         val_loss, val_accuracy = self.evaluate(self.splits.x_val, self.splits.y_val)
         return {"epoch": epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
                 "val_accuracy": val_accuracy, "seconds": time.perf_counter() - started}
+
+    def epoch_key(self, epoch: int) -> jax.Array:
+        return self.epoch_keys[epoch] if epoch < len(self.epoch_keys) else epoch_key(self.config.seed, epoch)
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
         return self.evaluate_fn(self.state, images, labels)
