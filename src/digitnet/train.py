@@ -190,7 +190,8 @@ def compile_functions(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     evaluate = eval_chunk_fn(model).lower(shapes.trainable, shapes.non_trainable, *chunk)
     with ThreadPoolExecutor(1) as pool:
         compiled_epoch = pool.submit(epoch.compile)
-        return compiled_epoch.result(), make_eval_fn(evaluate.compile())
+        evaluate_fn = make_eval_fn(evaluate.compile())
+        return compiled_epoch.result(), evaluate_fn
 
 
 def shapes_of(variables: list) -> list[jax.ShapeDtypeStruct]:
