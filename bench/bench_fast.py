@@ -76,7 +76,7 @@ def main() -> None:
             cache = {"JAX_COMPILATION_CACHE_DIR": str(Path(tmp) / f"xla-{seed}")}  # empty before the cold run
             for kind in ("cold", "warm"):
                 out = Path(tmp) / f"fast-{seed}-{kind}"
-                seconds, exited, _ = timed([sys.executable, "-m", "digitnet.cli", "train", "--recipe", "fast",
+                seconds, exited, _ = timed([sys.executable, "-m", "digitnet", "train", "--recipe", "fast",
                                             "--seed", str(seed), "--out", str(out)], {**env, **cache})
                 accuracy = json.loads((out / "metrics.json").read_text())["test_accuracy"]
                 runs[kind].append((seconds, exited, accuracy))

@@ -132,7 +132,7 @@ def free_port() -> int:
 
 def digitnet_command(model: str, port: int, workers: int) -> list[str]:
     """`digitnet serve` on 127.0.0.1:port."""
-    return [sys.executable, "-m", "digitnet.cli", "serve", model, "--host", "127.0.0.1", "--port", str(port),
+    return [sys.executable, "-m", "digitnet", "serve", model, "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(workers)]
 
 

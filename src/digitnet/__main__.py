@@ -1,5 +1,7 @@
 """The `digitnet` command (and `python -m digitnet`): Ctrl-C is handled before anything heavy is imported."""
 
+import gc
+
 from digitnet.interrupts import exit_at_once_on_ctrl_c
 
 
@@ -7,7 +9,13 @@ def run() -> None:
     exit_at_once_on_ctrl_c()
     from digitnet.cli import main  # imports Typer; each command imports JAX and Keras itself
 
-    main()
+    try:
+        main()
+    finally:
+        # On the way out, Python's garbage collector walks every object JAX and Keras made: 0.6 to 0.9 s
+        # after a training run had printed its last line. Frozen, they are left to the operating system,
+        # which frees the process's memory anyway; all the command wrote is closed and flushed by then.
+        gc.freeze()
 
 
 if __name__ == "__main__":
