@@ -159,7 +159,7 @@ def test_compilation_cache_goes_to_the_cache_folder_unless_the_user_chose_one(mo
 
 
 def test_command_freezes_the_heap_on_its_way_out_even_on_errors(monkeypatch):
-    # Python's collections at exit would walk every object JAX and Keras made (0.6 to 0.9 s after a run).
+    # Python's collections at exit would walk every object JAX and Keras made (0.5 to 0.8 s after a run).
     import gc
 
     import digitnet.__main__ as entry
