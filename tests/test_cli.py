@@ -19,7 +19,7 @@ SMALL_FLAGS = ["--train-size", "2000", "--val-size", "500", "--hidden", "32", "-
 
 def digitnet(*args: str, mnist_dir: Path, **kwargs) -> subprocess.CompletedProcess:
     env = {**kwargs.pop("env", os.environ), "DIGITNET_DATA": str(mnist_dir)}
-    return subprocess.run([sys.executable, "-m", "digitnet.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "digitnet", *args], capture_output=True, text=True, env=env,
                           timeout=300, **kwargs)
 
 
@@ -104,7 +104,7 @@ def test_killed_run_resumes_to_the_straight_result(tmp_path, mnist_dir):
 
     run = tmp_path / "killed"
     env = {**os.environ, "DIGITNET_DATA": str(mnist_dir)}
-    process = subprocess.Popen([sys.executable, "-m", "digitnet.cli", "train", *flags, "--out", str(run)],
+    process = subprocess.Popen([sys.executable, "-m", "digitnet", "train", *flags, "--out", str(run)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "history.csv").is_file():
@@ -120,7 +120,7 @@ def test_killed_run_resumes_to_the_straight_result(tmp_path, mnist_dir):
 
 
 def test_help_states_defaults():
-    done = subprocess.run([sys.executable, "-m", "digitnet.cli", "train", "--help"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "digitnet", "train", "--help"], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0 and "(default: [128])" in done.stdout and "(default: 128)" in done.stdout
 

@@ -133,7 +133,7 @@ def test_save_preprocessed_writes_what_the_network_saw_without_overwriting(run_d
 
 
 def test_a_bad_model_path_is_a_one_line_error_with_exit_code_2(images, tmp_path):
-    command = [sys.executable, "-m", "digitnet.cli", "predict", str(tmp_path / "nowhere"), str(images["dark"])]
+    command = [sys.executable, "-m", "digitnet", "predict", str(tmp_path / "nowhere"), str(images["dark"])]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stdout == ""

@@ -258,7 +258,7 @@ def test_serve_command_answers_on_loopback_and_stops_on_interrupt(run_dir, worke
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "digitnet.cli", "serve", str(run_dir), "--port", str(port), "--workers", str(workers)]
+    command = [sys.executable, "-m", "digitnet", "serve", str(run_dir), "--port", str(port), "--workers", str(workers)]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -286,7 +286,7 @@ def test_a_port_in_use_stops_with_one_line(run_dir, workers):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "digitnet.cli", "serve", str(run_dir), "--port", str(port),
+        done = subprocess.run([sys.executable, "-m", "digitnet", "serve", str(run_dir), "--port", str(port),
                                "--workers", str(workers)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
@@ -299,7 +299,7 @@ def test_serve_refuses_zero_workers_and_a_missing_model(run_dir, tmp_path):
                           ([str(tmp_path / "nope"), "--workers", "2"], "nope"),
                           ([str(run_dir), "--port", "99999"], "port: got 99999; allowed: 1 to 65535"),
                           ([str(run_dir), "--port", "-1"], "port: got -1")):
-        done = subprocess.run([sys.executable, "-m", "digitnet.cli", "serve", *args], capture_output=True, text=True, timeout=60)
+        done = subprocess.run([sys.executable, "-m", "digitnet", "serve", *args], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr
 

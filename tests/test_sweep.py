@@ -264,7 +264,7 @@ def test_cli_sweep_end_to_end(tmp_path, mnist_dir):
     flags = ["--width", "8", "--depth", "1", "--seeds", "2", "--train-size", "300", "--val-size", "100", "--epochs", "1"]
 
     def digitnet(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "digitnet.cli", "sweep", str(tmp_path), *args],
+        return subprocess.run([sys.executable, "-m", "digitnet", "sweep", str(tmp_path), *args],
                               capture_output=True, text=True, env=env, timeout=300)
 
     done = digitnet(*flags)

@@ -267,7 +267,11 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
         port = sock.getsockname()[1]  # the one the system chose, for --port 0
         app = loaded_app(model)
         print(f"digitnet: serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
-        with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises Ctrl-C again once it has shut down
+        # uvicorn shuts down gracefully on Ctrl-C, then raises the signal again for the handler it found. That
+        # must be Python's own, whose KeyboardInterrupt ends here, and not the `digitnet` command's, which
+        # would exit at once with code 130: a server stopped by Ctrl-C exits 0, as with --workers above 1.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with contextlib.suppress(KeyboardInterrupt):
             uvicorn.Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)).run(sockets=[sock])
         return
     if port == 0:  # each worker would be given a port of its own
