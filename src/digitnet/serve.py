@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from importlib import resources
 from typing import Any
@@ -270,7 +271,8 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
         # uvicorn shuts down gracefully on Ctrl-C, then raises the signal again for the handler it found. That
         # must be Python's own, whose KeyboardInterrupt ends here, and not the `digitnet` command's, which
         # would exit at once with code 130: a server stopped by Ctrl-C exits 0, as with --workers above 1.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if threading.current_thread() is threading.main_thread():  # (signal handlers are the main thread's alone)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         with contextlib.suppress(KeyboardInterrupt):
             uvicorn.Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)).run(sockets=[sock])
         return
