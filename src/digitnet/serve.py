@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from importlib import resources
 from typing import Any
@@ -34,6 +33,7 @@ from starlette.requests import ClientDisconnect
 
 from digitnet.errors import DigitnetError
 from digitnet.evaluate import model_file
+from digitnet.interrupts import saves_on_ctrl_c
 from digitnet.predict import Predictor, encode_png, prediction
 from digitnet.preprocess import ImageError, preprocess
 
@@ -180,8 +180,9 @@ class BatchedReader:
     Under load several requests are ready at each turn. Running each stage over all of them keeps its
     code in the CPU's caches: a forward pass between two preprocessings took 0.2 to 0.35 ms of its
     thread's CPU, against 0.02 to 0.04 ms in a tight loop, and as long for a 784-16-10 network as for
-    784-512-10 (timed by the clock): the time is not in the arithmetic. In two alternating pairs of load tests the server spent 3.5 and 4.0 ms of CPU a request
-    so, against 3.7 and 4.2 ms with one forward pass a turn but each request read on its own.
+    784-512-10 (timed by the clock): the time is not in the arithmetic. In two alternating pairs of load
+    tests the server spent 3.5 and 4.0 ms of CPU a request so, against 3.7 and 4.2 ms with one forward pass
+    a turn but each request read on its own.
     """
 
     def __init__(self, predictor: Predictor) -> None:
@@ -268,12 +269,10 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
         port = sock.getsockname()[1]  # the one the system chose, for --port 0
         app = loaded_app(model)
         print(f"digitnet: serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
-        # uvicorn shuts down gracefully on Ctrl-C, then raises the signal again for the handler it found. That
-        # must be Python's own, whose KeyboardInterrupt ends here, and not the `digitnet` command's, which
-        # would exit at once with code 130: a server stopped by Ctrl-C exits 0, as with --workers above 1.
-        if threading.current_thread() is threading.main_thread():  # (signal handlers are the main thread's alone)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        with contextlib.suppress(KeyboardInterrupt):
+        # uvicorn shuts down gracefully on Ctrl-C, then raises the signal again for the handler it found; in
+        # this block the `digitnet` command's handler makes that a KeyboardInterrupt, which ends here, instead
+        # of exiting at once with code 130: a server stopped by Ctrl-C exits 0, as with --workers above 1.
+        with saves_on_ctrl_c(), contextlib.suppress(KeyboardInterrupt):
             uvicorn.Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)).run(sockets=[sock])
         return
     if port == 0:  # each worker would be given a port of its own
