@@ -5,13 +5,20 @@ drawing page sends (MNIST test digits, scaled up tenfold, white on black, RGBA, 
 throughput and latency, and stops the server. The client shares the machine's cores with the server, so the
 figures are a lower bound on what the server alone can do.
 
+By default each client sends its next request as soon as it has its answer (a closed loop): the server runs
+flat out, and the latency is mostly the queue, 32 clients over the throughput (Little's law). With --rate R
+the 32 clients instead send R requests a second between them on a fixed schedule (each client every 32/R
+seconds, staggered; an open loop, as wrk2 and k6's constant-arrival-rate measure), and each latency is
+counted from the moment its request was due, not from when it went out: a client still waiting for its
+previous answer sends late, and the lateness counts, so a server slower than R cannot hide it.
+
 With --anchor, the same load also goes to the plain FastAPI app a Keras user writes first, serving the same
 model (Pillow's resize to 28x28, `model.predict` per request, no preprocessing: its answers are mostly wrong,
 it is only a speed reference); the two servers take turns, --rounds times each, and the bench prints the
 ratios of each round.
 
     python bench/bench_serve.py runs/RUN [--clients 32] [--requests 10000] [--max-seconds 30] [--workers 1]
-                                         [--anchor [--rounds 2]]
+                                         [--rate R] [--anchor [--rounds 2]]
 """
 
 from __future__ import annotations
@@ -75,7 +82,7 @@ async def predict(drawing: Drawing):  # async: a plain def would call model.pred
 
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), access_log=False)
 """
-STARTUP_TIMEOUT_S = 120.0  # loading Keras and compiling four batch sizes takes seconds, more on a busy machine
+STARTUP_TIMEOUT_S = 120.0  # loading JAX, Keras and the model takes seconds, more on a busy machine
 
 
 def parse_args() -> argparse.Namespace:
@@ -91,6 +98,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--canvas-size", type=int, default=280, help="side of the PNGs sent, pixels (the page's canvas is 280)")
     parser.add_argument("--upload", action="store_true", help="send multipart file uploads instead of JSON data URLs")
     parser.add_argument("--workers", type=int, default=1, help="server processes (digitnet serve --workers)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="requests per second the clients send between them on a fixed schedule (default: each as soon as answered)")
     parser.add_argument("--anchor", action="store_true", help="also load the plain FastAPI app (one process) and compare")
     parser.add_argument("--rounds", type=int, default=2, help="with --anchor: alternate the two servers this many times each")
     return parser.parse_args()
@@ -201,10 +210,12 @@ def stop_server(server: subprocess.Popen) -> None:
 
 
 async def fire(
-    url: str, bodies: list[Callable[[], dict]], n_requests: int, n_clients: int, max_seconds: float
+    url: str, bodies: list[Callable[[], dict]], n_requests: int, n_clients: int, max_seconds: float, rate: float | None = None
 ) -> tuple[list[float], Counter, float]:
     """Send n_requests from n_clients concurrent clients (or stop at max_seconds).
 
+    Without a rate, each client sends again as soon as it has its answer. With one, request k is due
+    k / rate seconds after the start, client k % n_clients sends it, and its latency counts from then.
     Returns the latencies (s), the errors by kind (HTTP status or exception name) and the wall time (s).
     """
     latencies: list[float] = []
@@ -215,24 +226,37 @@ async def fire(
     connector = aiohttp.TCPConnector(limit=n_clients)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
 
-        async def one_client() -> None:
+        async def send(index: int, due: float) -> None:
+            body = bodies[index % len(bodies)]()
+            try:
+                async with session.post(url, **body) as response:
+                    await response.read()
+                    if response.status != 200:
+                        errors[f"HTTP {response.status}"] += 1
+            except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+                errors[type(err).__name__] += 1
+            latencies.append(time.perf_counter() - due)
+
+        async def closed_loop_client() -> None:
             nonlocal next_index
             while next_index < n_requests and time.perf_counter() < deadline:
-                body = bodies[next_index % len(bodies)]()
                 next_index += 1
-                sent = time.perf_counter()
-                try:
-                    async with session.post(url, **body) as response:
-                        await response.read()
-                        if response.status != 200:
-                            errors[f"HTTP {response.status}"] += 1
-                except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-                    errors[type(err).__name__] += 1
-                latencies.append(time.perf_counter() - sent)
+                await send(next_index - 1, time.perf_counter())
+
+        async def scheduled_client(first: int) -> None:
+            for index in range(first, n_requests, n_clients):
+                due = start + index / rate
+                if due >= deadline:
+                    return
+                await asyncio.sleep(due - time.perf_counter())  # returns at once when this client is late
+                await send(index, due)
 
         start = time.perf_counter()
         deadline = start + max_seconds
-        await asyncio.gather(*(one_client() for _ in range(n_clients)))
+        if rate is None:
+            await asyncio.gather(*(closed_loop_client() for _ in range(n_clients)))
+        else:
+            await asyncio.gather(*(scheduled_client(i) for i in range(n_clients)))
         return latencies, errors, time.perf_counter() - start
 
 
@@ -243,7 +267,7 @@ def measure(command: list[str], port: int, workers: int, bodies: list[Callable[[
     try:
         asyncio.run(fire(url, bodies, args.warmup, args.clients, args.max_seconds))
         server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
-        latencies, errors, wall_s = asyncio.run(fire(url, bodies, args.requests, args.clients, args.max_seconds))
+        latencies, errors, wall_s = asyncio.run(fire(url, bodies, args.requests, args.clients, args.max_seconds, args.rate))
         server_after = cpu_seconds(server.pid)
         cpu_s = {"server": server_after - server_cpu if server_cpu is not None else None,
                  "client": time.process_time() - client_cpu}
@@ -269,6 +293,8 @@ def main() -> None:
     """Start the server, warm it up, measure, stop it."""
     args = parse_args()
     load_before = os.getloadavg()[0]  # other work on the machine, before this bench adds its own
+    if args.rate is not None and not args.rate > 0:
+        raise SystemExit(f"--rate: got {args.rate:g}; give requests per second above 0, or leave it out")
     if args.anchor and args.upload:
         raise SystemExit("--anchor reads JSON data URLs only; leave out --upload")
     digits = load_mnist(args.data_dir).test_images[: args.images]
@@ -284,7 +310,9 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, 1-minute load average before the bench "
           f"{load_before:.2f}; python {platform.python_version()}")
     kind = "multipart uploads" if args.upload else "JSON data URLs"
-    print(f"load: {args.clients} clients, {kind} of {args.canvas_size}x{args.canvas_size} canvas PNGs")
+    pace = (f"{args.rate:g} requests/s between them on a fixed schedule, latency from each request's due time"
+            if args.rate else "each sending again as soon as answered")
+    print(f"load: {args.clients} clients, {kind} of {args.canvas_size}x{args.canvas_size} canvas PNGs, {pace}")
     for name, result in results:
         report(name, **result)
     if args.anchor:
