@@ -1,11 +1,13 @@
 """Unit level: the config's rules and the model factory's shapes and parameter counts."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
 
 from digitnet.config import ConfigError, TrainConfig, load_recipe, recipe_names
-from digitnet.model import TransposedGlorotUniform, build_model, layer_sizes, make_predict_fn
+from digitnet.model import TransposedGlorotUniform, build_model, layer_sizes, make_numpy_predict_fn, make_predict_fn
 
 
 def test_write_up_network_has_101770_parameters():
@@ -30,6 +32,36 @@ def test_predictions_are_probabilities():
     probs = make_predict_fn(build_model(TrainConfig(hidden=(16,))))(np.random.default_rng(0).random((5, 784)))
     assert probs.shape == (5, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hidden, activation, dropout", [
+    ((16,), "relu", 0.0),
+    ((32, 16, 8), ("tanh", "sigmoid", "linear"), 0.25),
+])
+def test_numpy_forward_pass_gives_keras_probabilities(hidden, activation, dropout):
+    model = build_model(TrainConfig(hidden=hidden, activation=activation, dropout=dropout))
+    x = np.random.default_rng(2).random((6, 784)).astype(np.float32)
+    numpy_predict = make_numpy_predict_fn(model)
+    assert numpy_predict is not None
+    np.testing.assert_allclose(numpy_predict(x), model.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(numpy_predict(x[:1]), model.predict(x[:1], verbose=0), atol=1e-6)
+
+
+def test_numpy_sigmoid_stays_finite_and_quiet_on_large_inputs():
+    model = build_model(TrainConfig(hidden=(8,), activation="sigmoid"))
+    hidden = model.get_layer("hidden_1")
+    hidden.kernel.assign(np.full(hidden.kernel.shape, -1000.0, np.float32))  # pre-activations near -400,000
+    x = np.random.default_rng(3).random((4, 784)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow in exp would warn
+        probs = make_numpy_predict_fn(model)(x)
+    np.testing.assert_allclose(probs, model.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("extra", [keras.layers.BatchNormalization(), keras.layers.Dense(10, activation="gelu")])
+def test_numpy_forward_pass_declines_layers_it_does_not_know(extra):
+    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10), extra, keras.layers.Softmax()])
+    assert make_numpy_predict_fn(model) is None
 
 
 def test_saved_model_loads_with_plain_keras(tmp_path):

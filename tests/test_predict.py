@@ -253,3 +253,15 @@ def test_save_preprocessed_into_a_file_is_a_clear_error(run_dir, images, tmp_pat
     result = invoke("predict", run_dir, images["dark"], "--save-preprocessed", blocker)
     assert isinstance(result.exception, DigitnetError)
     assert "save-preprocessed" in str(result.exception)
+
+
+def test_digitnet_networks_run_in_numpy_and_others_compiled(run_dir, tmp_path):
+    assert not Predictor.load(run_dir).compiled
+    # A layer the NumPy pass does not know: the compiled pass serves it, with Keras' own numbers.
+    other = keras.Sequential([keras.Input((784,)), keras.layers.Dense(8, activation="gelu"), keras.layers.Dense(10),
+                              keras.layers.Softmax()])
+    other.save(tmp_path / "other.keras")
+    predictor = Predictor.load(tmp_path / "other.keras")
+    assert predictor.compiled
+    x = np.random.default_rng(4).random((3, 28, 28), dtype=np.float32)
+    np.testing.assert_allclose(predictor.predict_arrays(x), other.predict(x.reshape(3, 784), verbose=0), atol=1e-6)

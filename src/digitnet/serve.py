@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 import jax
 import numpy as np
+import threadpoolctl
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -380,8 +381,12 @@ def stop_workers(processes: list[multiprocessing.process.BaseProcess], timeout: 
 
 def load_predictor(model: str | os.PathLike) -> Predictor:
     """The model's Predictor, set up for one request at a time."""
-    # One image through a small MLP takes microseconds: computing it on the calling thread is cheaper
-    # than XLA's default hand-off to its own thread (measured 26 against 68 us a call, and far worse on
-    # a busy machine). The setting applies to the CPU backend JAX creates next, so it comes first.
+    # For a network that goes through XLA (one the NumPy forward pass does not know): one image through a
+    # small MLP takes microseconds, and computing it on the calling thread is cheaper than XLA's default
+    # hand-off to its own thread (measured 26 against 68 us a call, and far worse on a busy machine). The
+    # setting applies to the CPU backend JAX creates next, so it comes first.
     jax.config.update("jax_cpu_enable_async_dispatch", False)
+    # A worker is one core's worth of server: BLAS threads of its own for an (N, 784) x (784, H) product
+    # would only contend with the other workers.
+    threadpoolctl.threadpool_limits(1, user_api="blas")
     return Predictor.load(model)
