@@ -38,6 +38,7 @@ BOX = 20  # the side of the box each MNIST digit was scaled into, pixels
 CENTER = 14.0  # where MNIST puts the center of mass (row and column index; measured mean 14.00 +- 0.29)
 WORK_SIDE = 512  # long side of the working copy, pixels: a digit 10% of a photo's height keeps 50 rows
 MIN_WORK_SIDE = 84  # tiny images (8x8 thumbnails) are enlarged to this so the filters have room
+FLAT_WORK_SIDE = 140  # images on a flat background (canvases) are halved while their long side stays at least this
 BACKGROUND_SIDE = 64  # long side of the copy on which the paper's shading is fitted, pixels
 BACKGROUND_ROUNDS = 8  # reweighted fits of the shading: on photos the weights stop changing after 6 to 8
 BACKGROUND_ASYMMETRY = 0.02  # weight of a pixel darker than the surface, against 0.98 for one lighter
@@ -121,13 +122,14 @@ def to_mnist(image: Image.Image) -> np.ndarray:
        MIN_WORK_SIDE (tiny thumbnails leave room for the filters).
     2. Composite transparency onto the colour that nothing should have: white under dark strokes,
        black under light ones (a canvas export), the paper's own colour under a transparent border.
+       On a flat background (a canvas, a rendered digit: most pixels at one level, see
+       _flat_background) halve the working copy down to FLAT_WORK_SIDE.
     3. Find the polarity: the ink is whichever of darker or lighter than the typical colour deviates
        more; light ink on dark is inverted, so the rest of the steps see dark ink on light paper.
     4. Estimate the paper's colour at each pixel (a smooth surface fitted above the ink keeps tints,
        gradients and vignetting) and measure ink as the largest drop below it over the three
-       channels, so blue, red or yellow ink stays as strong as black. On a flat background (a canvas,
-       a rendered digit: most pixels at one level, see _flat_background) the surface is that level,
-       and fitting it would cost most of the time this function takes for nothing.
+       channels, so blue, red or yellow ink stays as strong as black. On a flat background the
+       surface is that level, and fitting it would cost most of the time this function takes for nothing.
     5. Threshold softly above the noise level and stretch, so the strokes are 1 and the paper 0.
     6. Keep the digit's connected pieces: drop specks, and margin lines or table edges that run
        along the border while a digit stands clear of it.
@@ -144,6 +146,11 @@ def _to_mnist(image: Image.Image | np.ndarray) -> np.ndarray:
     """to_mnist, for a Pillow image or the 8-bit array libspng decoded (see _decode)."""
     rgb = _flatten_alpha(*_colour_and_alpha(image))
     background = _flat_background(rgb)
+    # A flat background has no noise for the extra pixels to average away, and the digit ends 20 pixels
+    # tall: a 280x280 canvas read at 140x140 leaves the network's accuracy as it was (README), and each
+    # step from here costs about a quarter. Photos and scans keep WORK_SIDE, for their noise and small digits.
+    while background is not None and max(rgb.shape[:2]) >= 2 * FLAT_WORK_SIDE:
+        rgb = _halve(rgb)
     if _light_ink(rgb, background):
         rgb = 1.0 - rgb
         background = None if background is None else 1.0 - background
@@ -253,6 +260,20 @@ def _colour_and_alpha(image: Image.Image | np.ndarray) -> tuple[np.ndarray, np.n
     return _as_arrays(_working_copy(image))
 
 
+def _halve(pixels: np.ndarray, total_dtype: type = np.float32) -> np.ndarray:
+    """Each 2x2 block's mean, as float32: (H, W, C) to (ceil(H / 2), ceil(W / 2), C); an odd last row or
+    column pairs with itself. The four are added in total_dtype (np.uint16 for 8-bit levels: no overflow)."""
+    if pixels.shape[0] % 2:
+        pixels = np.concatenate([pixels, pixels[-1:]], axis=0)
+    if pixels.shape[1] % 2:
+        pixels = np.concatenate([pixels, pixels[:, -1:]], axis=1)
+    total = pixels[0::2, 0::2].astype(total_dtype)
+    total += pixels[1::2, 0::2]
+    total += pixels[0::2, 1::2]
+    total += pixels[1::2, 1::2]
+    return np.multiply(total, np.float32(0.25), dtype=np.float32)
+
+
 def _as_arrays(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """Colour (H, W, C) and alpha (H, W) or None, as float32 in [0, 1].
 
@@ -271,13 +292,19 @@ def _as_arrays(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _split(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """_as_arrays of 8-bit pixels: (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA."""
+    """_as_arrays of 8-bit pixels: (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA.
+
+    An opaque grey image on a flat background (the page's canvas) comes halved as _to_mnist would
+    halve it, from its 8-bit levels: a third of the time of converting all its pixels to floats first.
+    """
     if raw.ndim == 2:
         raw = raw[:, :, None]
     grey = raw.shape[2] == 1 or _is_grey(raw)
-    colour = (raw[:, :, :1] if grey else raw[:, :, :3]).astype(np.float32) / np.float32(255.0)
     # An opaque alpha channel (the page's canvas has one) is as good as none, and its conversion is skipped.
     opaque = raw.shape[2] != 4 or raw[:, :, 3].min() == 255
+    if grey and opaque and max(raw.shape[:2]) >= 2 * FLAT_WORK_SIDE and _flat_level(raw[::2, ::2, 0]) is not None:
+        return _halve(raw[:, :, :1], np.uint16) / np.float32(255.0), None
+    colour = (raw[:, :, :1] if grey else raw[:, :, :3]).astype(np.float32) / np.float32(255.0)
     alpha = None if opaque else raw[:, :, 3].astype(np.float32) / np.float32(255.0)
     return colour, alpha
 
@@ -341,13 +368,21 @@ def _flat_background(rgb: np.ndarray) -> np.ndarray | None:
     """
     sample = rgb[::2, ::2]  # a quarter of the pixels is plenty for a histogram
     grey = (_luminance(sample) * 255.0 + 0.5).astype(np.uint8)
+    level = _flat_level(grey)
+    if level is None:
+        return None
+    return np.array([sample[:, :, c][grey == level].mean() for c in range(rgb.shape[2])], np.float32)
+
+
+def _flat_level(grey: np.ndarray) -> int | None:
+    """The 8-bit grey level of a flat background (see _flat_background) in a sample of levels, or None."""
     counts = np.bincount(grey.ravel(), minlength=256)
     level = int(counts.argmax())
     darker = counts[max(level - FLAT_NOISE_LEVELS, 0) : level].sum()
     lighter = counts[level + 1 : level + FLAT_NOISE_LEVELS + 1].sum()
     if counts[level] < FLAT_SHARE * grey.size or min(darker, lighter) >= FLAT_SPREAD * counts[level]:
         return None
-    return np.array([sample[:, :, c][grey == level].mean() for c in range(rgb.shape[2])], np.float32)
+    return level
 
 
 def _light_ink(rgb: np.ndarray, typical: np.ndarray | None = None) -> bool:
@@ -536,9 +571,10 @@ def _normalise_stroke(digit: np.ndarray) -> np.ndarray:
     change = STROKE_TARGET * max(digit.shape) / BOX - width  # pixels of width to add, or remove, at this scale
     if change < 0:
         change = max(change, -MAX_THINNING * width)  # thin no more than this, or narrow parts vanish
-    # A max (min) filter of odd size k adds (removes) k - 1 pixels: within a pixel of the target, none.
-    size = 2 * round(abs(change) / 2) + 1
-    if size < 3:
+    # A max (min) filter of size k adds (removes) k - 1 pixels: within half a pixel of the target, none. (An
+    # even k moves the digit by half a pixel, which centring by mass undoes.)
+    size = round(abs(change)) + 1
+    if size < 2:
         return digit
     # A square max (min) filter, as Pillow's MaxFilter (MinFilter), on a frame wide enough to hold a thickened digit.
     changed = _window_extreme(digit.astype(np.float32, copy=False), size, np.maximum if change > 0 else np.minimum, margin=size)
