@@ -89,21 +89,21 @@ def make_predict_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     return predict
 
 
+def _softmax_rows(h: np.ndarray) -> None:
+    """Softmax over each row, in place, shifted by the row's maximum so that exp cannot overflow."""
+    h -= h.max(axis=1, keepdims=True)
+    np.exp(h, out=h)
+    h /= h.sum(axis=1, keepdims=True)
+
+
 # Each activation a served network may use, as NumPy computes it in place on float32 rows.
 _NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], None]] = {
     "linear": lambda h: None,
     "relu": lambda h: np.maximum(h, 0.0, out=h),
     "tanh": lambda h: np.tanh(h, out=h),
     "sigmoid": lambda h: scipy.special.expit(h, out=h),  # no overflow for large negative inputs
-    "softmax": lambda h: _softmax_rows(h),
+    "softmax": _softmax_rows,
 }
-
-
-def _softmax_rows(h: np.ndarray) -> None:
-    """Softmax over each row, in place, shifted by the row's maximum so that exp cannot overflow."""
-    h -= h.max(axis=1, keepdims=True)
-    np.exp(h, out=h)
-    h /= h.sum(axis=1, keepdims=True)
 
 
 def make_numpy_predict_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -112,12 +112,12 @@ def make_numpy_predict_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarr
 
     For the few images a server reads at a time this is the quicker one: a call of the compiled
     function costs 0.1 to 0.14 ms for one image and 0.35 to 0.43 ms for eight between two
-    preprocessings, against 0.05 and 0.08 to 0.09 ms here (784-128-10), and there is nothing to
+    preprocessings, against 0.05 to 0.06 and 0.08 to 0.09 ms here (784-128-10), and there is nothing to
     compile when the model loads. Probabilities agree with Keras' to about 1e-7.
     """
     steps: list[tuple[np.ndarray | None, np.ndarray | None, Callable[[np.ndarray], None]]] = []
     for layer in model.layers:
-        if getattr(layer, "dtype_policy", None) is None or layer.dtype_policy.name != "float32":
+        if layer.dtype_policy.name != "float32":  # mixed precision or quantized weights
             return None
         if isinstance(layer, keras.layers.Dense):
             name = keras.activations.serialize(layer.activation)  # a dict for a custom activation
