@@ -12,9 +12,15 @@ seconds, staggered; an open loop, as wrk2 and k6's constant-arrival-rate measure
 counted from the moment its request was due, not from when it went out: a client still waiting for its
 previous answer sends late, and the lateness counts, so a server slower than R cannot hide it.
 
+Each client holds one keep-alive HTTP/1.1 connection (as wrk and wrk2 do) and writes prepared requests on it,
+so that the client, which shares the machine's cores with the server it measures, takes little of them: the
+bench prints the CPU time each side spent per request. Every answer is checked: a status other than 200, or a
+JSON body without a digit label, counts as an error; the labels are compared with the drawn digits' own.
+
 With --anchor, the same load also goes to the plain FastAPI app a Keras user writes first, serving the same
-model (Pillow's resize to 28x28, `model.predict` per request, no preprocessing: its answers are mostly wrong,
-it is only a speed reference); the two servers take turns, --rounds times each, and the bench prints the
+model (Pillow's resize to 28x28, `model.predict` per request, no preprocessing: the bench's canvases are MNIST
+digits scaled up, which a resize brings back, so its answers are right here as they are not on real drawings;
+it is a speed reference); the two servers take turns, --rounds times each, and the bench prints the
 ratios of each round.
 
     python bench/bench_serve.py runs/RUN [--clients 32] [--requests 10000] [--max-seconds 30] [--workers 1]
@@ -26,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import functools
 import io
 import json
 import os
@@ -40,9 +45,7 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
-import aiohttp
 import numpy as np
 from PIL import Image
 
@@ -113,23 +116,53 @@ def canvas_png(digit: np.ndarray, size: int = CANVAS_SIZE) -> bytes:
     return buffer.getvalue()
 
 
-def make_bodies(digits: np.ndarray, upload: bool, size: int = CANVAS_SIZE) -> list[Callable[[], dict]]:
-    """For each digit, a function giving aiohttp's keyword arguments for one POST /predict.
+def make_requests(digits: np.ndarray, port: int, upload: bool, size: int = CANVAS_SIZE) -> list[bytes]:
+    """For each digit, the whole HTTP request posting its canvas to /predict: a JSON data URL, or a multipart upload."""
+    requests = []
+    for i, digit in enumerate(digits):
+        png = canvas_png(digit, size)
+        if upload:
+            boundary = "digitnet-bench-boundary"
+            body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="digit{i}.png"\r\n'
+                    f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
+            content_type = f"multipart/form-data; boundary={boundary}"
+        else:
+            body = json.dumps({"image": "data:image/png;base64," + base64.b64encode(png).decode()}).encode()
+            content_type = "application/json"
+        head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n")
+        requests.append(head.encode() + body)
+    return requests
 
-    A function, because aiohttp's multipart FormData can be sent only once.
-    """
-    pngs = [canvas_png(digit, size) for digit in digits]
-    if upload:
-        return [functools.partial(upload_body, f"digit{i}.png", png) for i, png in enumerate(pngs)]
-    bodies = [json.dumps({"image": "data:image/png;base64," + base64.b64encode(png).decode()}).encode() for png in pngs]
-    return [functools.partial(dict, data=body, headers={"Content-Type": "application/json"}) for body in bodies]
 
+class Connection:
+    """One client's keep-alive HTTP/1.1 connection to the server, sending prepared requests one at a time."""
 
-def upload_body(name: str, png: bytes) -> dict:
-    """aiohttp's keyword arguments for a multipart upload of one PNG in field "file"."""
-    form = aiohttp.FormData()
-    form.add_field("file", png, filename=name, content_type="image/png")
-    return {"data": form}
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, request: bytes) -> tuple[int, bytes]:
+        """Send one request and read its answer: (status, body). Raises OSError or asyncio errors on failure."""
+        if self.streams is None:
+            self.streams = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = self.streams
+        try:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])  # b"HTTP/1.1 200 OK"
+            _, found, rest = head.lower().partition(b"\r\ncontent-length:")
+            if not found:
+                raise ValueError("answer without Content-Length")
+            return status, await reader.readexactly(int(rest.split(b"\r\n", 1)[0]))
+        except BaseException:
+            self.close()  # the next request opens a fresh connection
+            raise
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
 
 
 def free_port() -> int:
@@ -210,78 +243,84 @@ def stop_server(server: subprocess.Popen) -> None:
 
 
 async def fire(
-    url: str, bodies: list[Callable[[], dict]], n_requests: int, n_clients: int, max_seconds: float, rate: float | None = None
-) -> tuple[list[float], Counter, float]:
+    port: int, requests: list[bytes], labels: np.ndarray, n_requests: int, n_clients: int, max_seconds: float,
+    rate: float | None = None,
+) -> dict:
     """Send n_requests from n_clients concurrent clients (or stop at max_seconds).
 
     Without a rate, each client sends again as soon as it has its answer. With one, request k is due
     k / rate seconds after the start, client k % n_clients sends it, and its latency counts from then.
-    Returns the latencies (s), the errors by kind (HTTP status or exception name) and the wall time (s).
+    Returns the latencies (s), the errors by kind (HTTP status or exception name), the wall time (s) and
+    how many answers named the drawn digit's label.
     """
     latencies: list[float] = []
     errors: Counter = Counter()
+    right = 0
     next_index = 0
-    # aiohttp rather than httpx: its client costs about a tenth of the CPU per request, and on a small
-    # machine the client shares the cores with the server it measures.
-    connector = aiohttp.TCPConnector(limit=n_clients)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
 
-        async def send(index: int, due: float) -> None:
-            body = bodies[index % len(bodies)]()
-            try:
-                async with session.post(url, **body) as response:
-                    await response.read()
-                    if response.status != 200:
-                        errors[f"HTTP {response.status}"] += 1
-            except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-                errors[type(err).__name__] += 1
-            latencies.append(time.perf_counter() - due)
+    async def send(connection: Connection, index: int, due: float) -> None:
+        nonlocal right
+        try:
+            async with asyncio.timeout(10):
+                status, body = await connection.post(requests[index % len(requests)])
+            if status != 200:
+                errors[f"HTTP {status}"] += 1
+            else:
+                right += json.loads(body)["label"] == labels[index % len(labels)]
+        except (OSError, ValueError, KeyError, TypeError, asyncio.IncompleteReadError, TimeoutError) as err:
+            errors[type(err).__name__] += 1
+        latencies.append(time.perf_counter() - due)
 
-        async def closed_loop_client() -> None:
-            nonlocal next_index
-            while next_index < n_requests and time.perf_counter() < deadline:
-                next_index += 1
-                await send(next_index - 1, time.perf_counter())
+    async def closed_loop_client() -> None:
+        nonlocal next_index
+        connection = Connection(port)
+        while next_index < n_requests and time.perf_counter() < deadline:
+            next_index += 1
+            await send(connection, next_index - 1, time.perf_counter())
+        connection.close()
 
-        async def scheduled_client(first: int) -> None:
-            for index in range(first, n_requests, n_clients):
-                due = start + index / rate
-                if due >= deadline:
-                    return
-                await asyncio.sleep(due - time.perf_counter())  # returns at once when this client is late
-                await send(index, due)
+    async def scheduled_client(first: int) -> None:
+        connection = Connection(port)
+        for index in range(first, n_requests, n_clients):
+            due = start + index / rate
+            if due >= deadline:
+                break
+            await asyncio.sleep(due - time.perf_counter())  # returns at once when this client is late
+            await send(connection, index, due)
+        connection.close()
 
-        start = time.perf_counter()
-        deadline = start + max_seconds
-        if rate is None:
-            await asyncio.gather(*(closed_loop_client() for _ in range(n_clients)))
-        else:
-            await asyncio.gather(*(scheduled_client(i) for i in range(n_clients)))
-        return latencies, errors, time.perf_counter() - start
+    start = time.perf_counter()
+    deadline = start + max_seconds
+    if rate is None:
+        await asyncio.gather(*(closed_loop_client() for _ in range(n_clients)))
+    else:
+        await asyncio.gather(*(scheduled_client(i) for i in range(n_clients)))
+    return {"latencies": latencies, "errors": errors, "wall_s": time.perf_counter() - start, "right": right}
 
 
-def measure(command: list[str], port: int, workers: int, bodies: list[Callable[[], dict]], args: argparse.Namespace) -> dict:
+def measure(command: list[str], port: int, workers: int, digits: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> dict:
     """Start a server, warm it up, load it, stop it: its latencies, errors, wall time and CPU time per side."""
+    requests = make_requests(digits, port, args.upload, args.canvas_size)
     server = start_server(command, port, workers)
-    url = f"http://127.0.0.1:{port}/predict"
     try:
-        asyncio.run(fire(url, bodies, args.warmup, args.clients, args.max_seconds))
+        asyncio.run(fire(port, requests, labels, args.warmup, args.clients, args.max_seconds))
         server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
-        latencies, errors, wall_s = asyncio.run(fire(url, bodies, args.requests, args.clients, args.max_seconds, args.rate))
+        result = asyncio.run(fire(port, requests, labels, args.requests, args.clients, args.max_seconds, args.rate))
         server_after = cpu_seconds(server.pid)
-        cpu_s = {"server": server_after - server_cpu if server_cpu is not None else None,
-                 "client": time.process_time() - client_cpu}
+        result["cpu_s"] = {"server": server_after - server_cpu if server_cpu is not None else None,
+                           "client": time.process_time() - client_cpu}
     finally:
         stop_server(server)
-    return {"latencies": latencies, "errors": errors, "wall_s": wall_s, "cpu_s": cpu_s}
+    return result
 
 
-def report(name: str, latencies: list[float], errors: Counter, wall_s: float, cpu_s: dict[str, float | None]) -> None:
+def report(name: str, latencies: list[float], errors: Counter, wall_s: float, right: int, cpu_s: dict[str, float | None]) -> None:
     """One block of figures for one server."""
     ms = np.array(latencies) * 1000
     print(f"{name}:")
     kinds = f" ({', '.join(f'{error}: {n}' for error, n in errors.items())})" if errors else ""
-    print(f"  requests: {len(ms)} in {wall_s:.2f} s = {len(ms) / wall_s:.0f} requests/s, errors: {sum(errors.values())}{kinds}")
+    print(f"  requests: {len(ms)} in {wall_s:.2f} s = {len(ms) / wall_s:.0f} requests/s, errors: {sum(errors.values())}{kinds}, "
+          f"answers naming the drawn digit: {100 * right / len(ms):.1f}%")
     print(f"  latency ms: p50 {np.percentile(ms, 50):.1f}, p90 {np.percentile(ms, 90):.1f}, "
           f"p99 {np.percentile(ms, 99):.1f}, max {ms.max():.1f}")
     # CPU per request depends far less on other work on the machine than throughput does.
@@ -297,16 +336,16 @@ def main() -> None:
         raise SystemExit(f"--rate: got {args.rate:g}; give requests per second above 0, or leave it out")
     if args.anchor and args.upload:
         raise SystemExit("--anchor reads JSON data URLs only; leave out --upload")
-    digits = load_mnist(args.data_dir).test_images[: args.images]
-    bodies = make_bodies(digits, args.upload, args.canvas_size)
+    mnist = load_mnist(args.data_dir)
+    digits, labels = mnist.test_images[: args.images], mnist.test_labels[: args.images]
     results: list[tuple[str, dict]] = []
     for _ in range(args.rounds if args.anchor else 1):  # alternating, so a drift in the machine's speed hits both
         port = free_port()
         command = digitnet_command(args.model, port, args.workers)
-        results.append((f"digitnet serve --workers {args.workers}", measure(command, port, args.workers, bodies, args)))
+        results.append((f"digitnet serve --workers {args.workers}", measure(command, port, args.workers, digits, labels, args)))
         if args.anchor:
             port = free_port()
-            results.append(("plain FastAPI app (anchor)", measure(anchor_command(args.model, port), port, 1, bodies, args)))
+            results.append(("plain FastAPI app (anchor)", measure(anchor_command(args.model, port), port, 1, digits, labels, args)))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, 1-minute load average before the bench "
           f"{load_before:.2f}; python {platform.python_version()}")
     kind = "multipart uploads" if args.upload else "JSON data URLs"

@@ -8,13 +8,16 @@ import gc
 import io
 import logging
 import json
+import os
 import random
 import re
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from PIL import Image, ImageDraw
 from digitnet.config import TrainConfig
 from digitnet.model import build_model
 from digitnet.predict import Predictor
-from digitnet.serve import MAX_BODY_BYTES, BatchedReader, create_app, loaded_app, predict_image
+from digitnet.serve import MAX_BODY_BYTES, BatchedReader, create_app, hand_out_connections, listen_socket, loaded_app, predict_image
 
 PREDICTION_KEYS = {"file", "label", "probability", "probabilities"}  # as `digitnet predict --json`
 SMALL_LIMIT = 64 * 1024  # bytes; a body limit that tests can exceed cheaply
@@ -255,12 +258,15 @@ def test_junk_never_makes_it_answer_500(client):
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_command_answers_on_loopback_and_stops_on_interrupt(run_dir, workers):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "digitnet", "serve", str(run_dir), "--port", str(port), "--workers", str(workers)]
+    # --port 0: the system picks a free port, and the first line names it
+    command = [sys.executable, "-m", "digitnet", "serve", str(run_dir), "--port", "0", "--workers", str(workers)]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
     try:
+        while not (found := re.search(r"serving on http://127\.0\.0\.1:(\d+)", lines[-1] if lines else "")):
+            lines.append(server.stdout.readline())
+            assert lines[-1], "server stopped before it named its port:\n" + "".join(lines)
+        port = int(found.group(1))
         deadline = time.monotonic() + 60
         while True:
             assert server.poll() is None and time.monotonic() < deadline, "server did not come up"
@@ -274,10 +280,47 @@ def test_serve_command_answers_on_loopback_and_stops_on_interrupt(run_dir, worke
         assert_prediction(response.json(), "canvas")
     finally:
         server.send_signal(signal.SIGINT)
-        output, _ = server.communicate(timeout=30)
+        output = "".join(lines) + server.communicate(timeout=30)[0]
     assert server.returncode == 0, output
-    assert f"http://127.0.0.1:{port}" in output
     assert len(re.findall(r"Started server process", output)) == workers, output
+
+
+def test_connections_are_handed_to_the_workers_in_turn():
+    """Six clients connect one after another; two workers' channels get them alternately, each connection
+    itself (not a copy of another), and the hand-out ends when a worker ends."""
+    listener = listen_socket("127.0.0.1", 0)
+    listener.listen()
+    listener.setblocking(False)
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+    theirs = [worker_end for _, worker_end in pairs]
+    worker_ended, end_worker = os.pipe()  # stands in for a worker process's sentinel
+    handed = []  # (which worker, whether the connection it got is the client's that just connected)
+
+    def connect_clients():
+        clients = []
+        try:
+            for _ in range(6):
+                clients.append(socket.create_connection(listener.getsockname(), timeout=5))
+                ready, _, _ = select.select(theirs, [], [], 5)
+                for channel in ready:
+                    _, fds, _, _ = socket.recv_fds(channel, 1, 1)
+                    with socket.socket(fileno=fds[0]) as connection:
+                        handed.append((theirs.index(channel), connection.getpeername() == clients[-1].getsockname()))
+        finally:
+            os.write(end_worker, b"x")
+            for client in clients:
+                client.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        clients = pool.submit(connect_clients)
+        ended = hand_out_connections(listener, [ours for ours, _ in pairs], [worker_ended])
+        clients.result()
+    assert ended == [worker_ended]
+    assert handed == [(0, True), (1, True), (0, True), (1, True), (0, True), (1, True)]
+    for sock in (listener, *[end for pair in pairs for end in pair]):
+        sock.close()
+    os.close(worker_ended)
+    os.close(end_worker)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -295,7 +338,6 @@ def test_a_port_in_use_stops_with_one_line(run_dir, workers):
 
 def test_serve_refuses_zero_workers_and_a_missing_model(run_dir, tmp_path):
     for args, message in (([str(run_dir), "--workers", "0"], "workers: got 0"),
-                          ([str(run_dir), "--workers", "2", "--port", "0"], "--port 0"),
                           ([str(tmp_path / "nope"), "--workers", "2"], "nope"),
                           ([str(run_dir), "--port", "99999"], "port: got 99999; allowed: 1 to 65535"),
                           ([str(run_dir), "--port", "-1"], "port: got -1")):

@@ -226,7 +226,7 @@ def serve(
     ),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on; 0.0.0.0 makes the page reachable from other machines."),
     port: int = typer.Option(8000, help="TCP port to listen on."),
-    workers: int = typer.Option(1, help="Server processes, each with its own copy of the model; one uses one core."),
+    workers: int = typer.Option(1, help="Server processes, each with its own copy of the model, given connections in turn; one uses one core."),
 ) -> None:
     """Serve a drawing page at / and a prediction API at /predict, /model and /healthz."""
     # Imported here so that `digitnet --help` does not wait for JAX, Keras and the web stack to load.

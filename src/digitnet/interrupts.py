@@ -7,7 +7,7 @@ something to save there is nothing to lose, so the command's handler exits at on
 `saves_on_ctrl_c()` (the epoch loop with the final save and evaluation, a sweep) Ctrl-C raises
 KeyboardInterrupt as usual, and that code saves its work and says how to continue; so does the one-worker
 server, whose uvicorn shuts down and then raises Ctrl-C again. (`serve --workers` waits with a handler of its
-own, which raises nothing: see serve.wait_for_exit_or_signal.)
+own, which raises nothing: see serve.hand_out_connections.)
 
 Library users keep Python's own behaviour: nothing here runs unless `exit_at_once_on_ctrl_c` is called.
 """

@@ -8,6 +8,7 @@ import binascii
 import contextlib
 import gc
 import io
+import itertools
 import json
 import logging
 import multiprocessing
@@ -266,7 +267,7 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
     if not 0 <= port <= 65535:
         raise DigitnetError(f"port: got {port}; allowed: 1 to 65535, or 0 for any free port")
     if workers == 1:
-        sock = listen_socket(host, port, reuse_port=False)  # bound before the model loads: a busy port fails fast
+        sock = listen_socket(host, port)  # bound before the model loads: a busy port fails fast
         port = sock.getsockname()[1]  # the one the system chose, for --port 0
         app = loaded_app(model)
         print(f"digitnet: serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
@@ -276,33 +277,43 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
         with saves_on_ctrl_c(), contextlib.suppress(KeyboardInterrupt):
             uvicorn.Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)).run(sockets=[sock])
         return
-    if port == 0:  # each worker would be given a port of its own
-        raise DigitnetError("--port 0 (any free port) works with one worker only; name a port for --workers above 1")
-    if not hasattr(socket, "SO_REUSEPORT"):
-        raise DigitnetError("--workers above 1 needs SO_REUSEPORT (Linux, macOS, BSD); use --workers 1 here")
+    if not hasattr(socket, "send_fds"):
+        raise DigitnetError("--workers above 1 needs Unix sockets that pass connections between processes; use --workers 1 here")
     model_file(model)  # a missing model is one error here, not one per worker
-    listen_socket(host, port, reuse_port=True).close()  # so is a port in use
-    # Several processes, one per core, each with its own listening socket on the same port (SO_REUSEPORT):
-    # the kernel spreads new connections over them. With one shared socket, as uvicorn's own --workers
-    # has, whichever process wakes first accepts a whole burst of connections, and keep-alive clients
-    # then stay on it: in one load test, one of two workers got all 32 clients.
+    listener = listen_socket(host, port)
+    port = listener.getsockname()[1]
+    # This process accepts every connection and hands each worker one in turn (as Node.js's cluster does), so
+    # 32 keep-alive clients make 16 per worker. With one socket per worker on the port (SO_REUSEPORT) the
+    # kernel spread them by a hash of their addresses: 14/18, 13/19 and 19/13 in three load tests, and the
+    # busier worker fell behind at 500 requests/s while the other had time to spare. With one socket shared by all, as uvicorn's own
+    # --workers has, whichever wakes first accepts a whole burst: in one load test one worker got all 32.
+    channels = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(workers)]
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=serve_worker, args=(os.fspath(model), host, port)) for _ in range(workers)]
+    processes = [context.Process(target=serve_worker, args=(os.fspath(model), theirs)) for _, theirs in channels]
     for process in processes:
         process.start()
+    for _, theirs in channels:
+        theirs.close()  # the worker has its own copy
     print(f"digitnet: {workers} worker processes serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
-    ended = wait_for_exit_or_signal([process.sentinel for process in processes])
+    with listener:
+        listener.listen(2048)  # uvicorn's default backlog
+        listener.setblocking(False)
+        ended = hand_out_connections(listener, [ours for ours, _ in channels], [process.sentinel for process in processes])
     for process in processes:
         if process.sentinel in ended:
             process.join()  # its exit code is known only once it is reaped
     failed = [process.exitcode for process in processes if process.sentinel in ended and process.exitcode != 0]
+    for ours, _ in channels:
+        ours.close()  # a worker that reads the end of its channel stops taking connections
     stop_workers(processes)
     if failed:
         raise DigitnetError(f"a server worker stopped with exit code {failed[0]}; its message is above")
 
 
-def wait_for_exit_or_signal(sentinels: list[int]) -> list[int]:
-    """Block until a process ends (its sentinels that are ready) or Ctrl-C or SIGTERM arrives ([])."""
+def hand_out_connections(listener: socket.socket, channels: list[socket.socket], sentinels: list[int]) -> list[int]:
+    """Accept connections and pass each to the next worker's channel in turn, until a worker ends (its
+    sentinels that are ready are returned) or Ctrl-C or SIGTERM arrives ([])."""
+    turn = itertools.cycle(channels)
     # The handler only writes a byte that wakes the wait; it raises nothing. A KeyboardInterrupt can be
     # swallowed ("Exception ignored in ...") when it fires inside a garbage-collection callback, as JAX
     # registers one, and then the workers would never be stopped.
@@ -310,27 +321,76 @@ def wait_for_exit_or_signal(sentinels: list[int]) -> list[int]:
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {number: signal.signal(number, lambda *_: os.write(writer, b"!")) for number in signals}
     try:
-        ready = multiprocessing.connection.wait([*sentinels, reader])
+        while True:
+            ready = multiprocessing.connection.wait([listener, *sentinels, reader])
+            if reader in ready or len(ready) > 1 or listener not in ready:
+                return [item for item in ready if item in sentinels]
+            with contextlib.suppress(BlockingIOError):  # until the burst of connections waiting is taken
+                while True:
+                    connection, _ = listener.accept()
+                    with connection:  # the worker holds its own copy once sent
+                        # Each answer goes out at once: without it, Nagle's algorithm holds a response's last
+                        # segment until the client acknowledges the one before, up to 40 ms.
+                        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        with contextlib.suppress(OSError):  # a worker that just ended: its sentinel shows next turn
+                            socket.send_fds(next(turn), [b"c"], [connection.fileno()])
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
         os.close(reader)
         os.close(writer)
-    return [item for item in ready if item != reader]
 
 
-def serve_worker(model: str, host: str, port: int) -> None:
-    """One of several server processes: bind its own socket to the shared port, load the model, serve."""
-    try:
-        sock = listen_socket(host, port, reuse_port=True)
-    except DigitnetError as err:
-        print(f"digitnet: error: {err}", file=sys.stderr)
-        sys.exit(2)
+def serve_worker(model: str, channel: socket.socket) -> None:
+    """One of several server processes: load the model, then serve the connections handed to it on `channel`."""
     try:
         app = loaded_app(model)
-        uvicorn.Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)).run(sockets=[sock])
+        HandedConnectionsServer(uvicorn.Config(app, **UVICORN_OPTIONS), channel).run(sockets=[])
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal's group, this one included
         pass
+
+
+class HandedConnectionsServer(uvicorn.Server):
+    """A uvicorn server that listens on no socket of its own: it serves the connections another process
+    accepted and sent it over a Unix socket (SCM_RIGHTS), each as uvicorn serves one it accepted itself."""
+
+    def __init__(self, config: uvicorn.Config, channel: socket.socket) -> None:
+        super().__init__(config)
+        self.channel = channel
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])
+        self.channel.setblocking(False)
+        asyncio.get_running_loop().add_reader(self.channel.fileno(), self.take_connections)
+
+    def take_connections(self) -> None:
+        """Serve each connection waiting on the channel; once the supervising process closed it, stop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(self.channel, 1, 1)
+            except BlockingIOError:
+                return
+            if not message:  # the supervisor has gone: no more connections will come
+                loop.remove_reader(self.channel.fileno())
+                self.should_exit = True
+                return
+            for fd in fds:
+                loop.create_task(self.serve_connection(socket.socket(fileno=fd)))
+
+    async def serve_connection(self, connection: socket.socket) -> None:
+        def protocol() -> asyncio.Protocol:  # what uvicorn makes for each connection its own listener accepts
+            return self.config.http_protocol_class(config=self.config, server_state=self.server_state, app_state=self.lifespan.state)
+
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(protocol, connection)
+        except OSError:  # the client went away before it was served
+            connection.close()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        with contextlib.suppress(ValueError, OSError):  # already removed, or the channel closed
+            asyncio.get_running_loop().remove_reader(self.channel.fileno())
+        await super().shutdown(sockets)
 
 
 def loaded_app(model: str | os.PathLike) -> FastAPI:
@@ -349,13 +409,11 @@ def url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def listen_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
-    """A TCP socket bound to host:port for uvicorn to listen on; a port in use or a bad host is a DigitnetError."""
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port to listen on; a port in use or a bad host is a DigitnetError."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart at once after a stop
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except (OSError, OverflowError) as err:
