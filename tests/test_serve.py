@@ -291,7 +291,7 @@ def test_connections_are_handed_to_the_workers_in_turn():
     listener = listen_socket("127.0.0.1", 0)
     listener.listen()
     listener.setblocking(False)
-    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(2)]
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
     theirs = [worker_end for _, worker_end in pairs]
     worker_ended, end_worker = os.pipe()  # stands in for a worker process's sentinel
     handed = []  # (which worker, whether the connection it got is the client's that just connected)

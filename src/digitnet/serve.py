@@ -285,9 +285,10 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
     # This process accepts every connection and hands each worker one in turn (as Node.js's cluster does), so
     # 32 keep-alive clients make 16 per worker. With one socket per worker on the port (SO_REUSEPORT) the
     # kernel spread them by a hash of their addresses: 14/18, 13/19 and 19/13 in three load tests, and the
-    # busier worker fell behind at 500 requests/s while the other had time to spare. With one socket shared by all, as uvicorn's own
-    # --workers has, whichever wakes first accepts a whole burst: in one load test one worker got all 32.
-    channels = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(workers)]
+    # busier worker fell behind at 500 requests/s while the other had time to spare. With one socket shared
+    # by all, as uvicorn's own --workers has, whichever wakes first accepts a whole burst: in one load test
+    # one worker got all 32.
+    channels = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(workers)]
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=serve_worker, args=(os.fspath(model), theirs)) for _, theirs in channels]
     for process in processes:
@@ -328,12 +329,10 @@ def hand_out_connections(listener: socket.socket, channels: list[socket.socket],
             with contextlib.suppress(BlockingIOError):  # until the burst of connections waiting is taken
                 while True:
                     connection, _ = listener.accept()
-                    with connection:  # the worker holds its own copy once sent
-                        # Each answer goes out at once: without it, Nagle's algorithm holds a response's last
-                        # segment until the client acknowledges the one before, up to 40 ms.
-                        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                        with contextlib.suppress(OSError):  # a worker that just ended: its sentinel shows next turn
-                            socket.send_fds(next(turn), [b"c"], [connection.fileno()])
+                    # The worker holds its own copy once sent. OSError: a worker that just ended, whose sentinel
+                    # shows at the next wait.
+                    with connection, contextlib.suppress(OSError):
+                        socket.send_fds(next(turn), [b"c"], [connection.fileno()])
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
