@@ -311,16 +311,18 @@ def test_connections_are_handed_to_the_workers_in_turn():
             for client in clients:
                 client.close()
 
-    with ThreadPoolExecutor(1) as pool:
-        clients = pool.submit(connect_clients)
-        ended = hand_out_connections(listener, [ours for ours, _ in pairs], [worker_ended])
-        clients.result()
-    assert ended == [worker_ended]
-    assert handed == [(0, True), (1, True), (0, True), (1, True), (0, True), (1, True)]
-    for sock in (listener, *[end for pair in pairs for end in pair]):
-        sock.close()
-    os.close(worker_ended)
-    os.close(end_worker)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            clients = pool.submit(connect_clients)
+            ended = hand_out_connections(listener, [ours for ours, _ in pairs], [worker_ended])
+            clients.result()
+        assert ended == [worker_ended]
+        assert handed == [(0, True), (1, True), (0, True), (1, True), (0, True), (1, True)]
+    finally:
+        for sock in (listener, *[end for pair in pairs for end in pair]):
+            sock.close()
+        os.close(worker_ended)
+        os.close(end_worker)
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -266,22 +266,20 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
         raise DigitnetError(f"workers: got {workers}; give a whole number >= 1")
     if not 0 <= port <= 65535:
         raise DigitnetError(f"port: got {port}; allowed: 1 to 65535, or 0 for any free port")
+    if workers > 1 and not hasattr(socket, "send_fds"):
+        raise DigitnetError("--workers above 1 needs Unix sockets that pass connections between processes; use --workers 1 here")
+    model_file(model)  # a missing model is one error here, not one per worker
+    listener = listen_socket(host, port)  # bound before the model loads: a busy port fails fast
+    port = listener.getsockname()[1]  # the one the system chose, for --port 0
     if workers == 1:
-        sock = listen_socket(host, port)  # bound before the model loads: a busy port fails fast
-        port = sock.getsockname()[1]  # the one the system chose, for --port 0
         app = loaded_app(model)
         print(f"digitnet: serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
         # uvicorn shuts down gracefully on Ctrl-C, then raises the signal again for the handler it found; in
         # this block the `digitnet` command's handler makes that a KeyboardInterrupt, which ends here, instead
         # of exiting at once with code 130: a server stopped by Ctrl-C exits 0, as with --workers above 1.
         with saves_on_ctrl_c(), contextlib.suppress(KeyboardInterrupt):
-            uvicorn.Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)).run(sockets=[sock])
+            uvicorn.Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)).run(sockets=[listener])
         return
-    if not hasattr(socket, "send_fds"):
-        raise DigitnetError("--workers above 1 needs Unix sockets that pass connections between processes; use --workers 1 here")
-    model_file(model)  # a missing model is one error here, not one per worker
-    listener = listen_socket(host, port)
-    port = listener.getsockname()[1]
     # This process accepts every connection and hands each worker one in turn (as Node.js's cluster does), so
     # 32 keep-alive clients make 16 per worker. With one socket per worker on the port (SO_REUSEPORT) the
     # kernel spread them by a hash of their addresses: 14/18, 13/19 and 19/13 in three load tests, and the
