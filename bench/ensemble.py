@@ -19,6 +19,7 @@ import numpy as np
 from digitnet.data import load_mnist
 from digitnet.errors import DigitnetError
 from digitnet.evaluate import load_run_model, predict_probabilities
+from digitnet.model import N_CLASSES
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
         parser.error("give two or more run folders")
     data = load_mnist(args.data_dir)
     labels = data.test_labels
-    total = np.zeros((len(labels), 10))
+    total = np.zeros((len(labels), N_CLASSES))
     wrong = []  # per run, whether it misreads each test image
     for run in args.runs:
         probabilities = predict_probabilities(load_run_model(run, compile=False), data.test_images)
