@@ -272,13 +272,14 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
     listener = listen_socket(host, port)  # bound before the model loads: a busy port fails fast
     port = listener.getsockname()[1]  # the one the system chose, for --port 0
     if workers == 1:
-        app = loaded_app(model)
-        print(f"digitnet: serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
-        # uvicorn shuts down gracefully on Ctrl-C, then raises the signal again for the handler it found; in
-        # this block the `digitnet` command's handler makes that a KeyboardInterrupt, which ends here, instead
-        # of exiting at once with code 130: a server stopped by Ctrl-C exits 0, as with --workers above 1.
-        with saves_on_ctrl_c(), contextlib.suppress(KeyboardInterrupt):
-            uvicorn.Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)).run(sockets=[listener])
+        with listener:  # closed also when the model fails to load
+            app = loaded_app(model)
+            print(f"digitnet: serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
+            # uvicorn shuts down gracefully on Ctrl-C, then raises the signal again for the handler it found; in
+            # this block the `digitnet` command's handler makes that a KeyboardInterrupt, which ends here, instead
+            # of exiting at once with code 130: a server stopped by Ctrl-C exits 0, as with --workers above 1.
+            with saves_on_ctrl_c(), contextlib.suppress(KeyboardInterrupt):
+                uvicorn.Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)).run(sockets=[listener])
         return
     # This process accepts every connection and hands each worker one in turn (as Node.js's cluster does), so
     # 32 keep-alive clients make 16 per worker. With one socket per worker on the port (SO_REUSEPORT) the
