@@ -1,11 +1,11 @@
 """Would averaging several finished runs close an accuracy gap? Test accuracy of each run and of their mean.
 
-Loads each run's model.keras, computes class probabilities for the 10,000 test images, and prints each run's
-test accuracy, then that of the runs' averaged probabilities (every run given is used: none is picked by its
-score). Runs of different seeds hold out different validation images, so a committee of seeds has no
-validation figure: this measures a committee, it does not choose one. Runs of one seed and validation size
-hold out the same images; `--split validation` compares them there (the counts of images every run and
-any run misreads say how many images two settings differ on).
+Loads each run's model.keras, computes class probabilities for the 10,000 test images (or the validation
+images, below), and prints each run's accuracy, then that of the runs' averaged probabilities (every run
+given is used: none is picked by its score). Runs of different seeds hold out different validation images,
+so a committee of seeds has no validation figure: this measures a committee, it does not choose one. Runs
+of one seed and validation size hold out the same images; `--split validation` compares them there (the
+counts of images every run and any run misreads say how many images two settings differ on).
 
     python bench/ensemble.py runs/deep-s0 runs/deep-s1 runs/deep-s2 [--data-dir DIR]
     python bench/ensemble.py runs/deep-s0 runs/deep-mild-s0 --split validation
@@ -39,7 +39,7 @@ def main() -> None:
     data = load_mnist(args.data_dir)
     images, labels = split_images(data, args.runs) if args.split == "validation" else (data.test_images, data.test_labels)
     total = np.zeros((len(labels), N_CLASSES))
-    wrong = []  # per run, whether it misreads each test image
+    wrong = []  # per run, whether it misreads each image
     for run in args.runs:
         probabilities = predict_probabilities(load_run_model(run, compile=False), images)
         total += probabilities
@@ -55,11 +55,11 @@ def main() -> None:
 def split_images(data: Mnist, runs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The validation images and labels the runs held out, which must be the same images for every run."""
     configs = [TrainConfig.load(Path(run) / "config.json") for run in runs]
-    held_out = {(config.seed, config.val_size, config.train_size) for config in configs}
+    held_out = {(config.seed, config.val_size) for config in configs}  # all the split's validation part depends on
     if len(held_out) > 1:
-        raise DigitnetError("--split validation: these runs hold out different images (their seeds or sizes differ); "
+        raise DigitnetError("--split validation: these runs hold out different images (their seeds or validation sizes differ); "
                             "give runs of one seed and validation size, or leave out --split")
-    splits = split_validation(data, configs[0].val_size, configs[0].seed, configs[0].train_size)
+    splits = split_validation(data, configs[0].val_size, configs[0].seed)
     return splits.x_val, splits.y_val
 
 
