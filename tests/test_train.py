@@ -10,6 +10,7 @@ import pytest
 from digitnet.config import TrainConfig, load_recipe, recipe_names
 from digitnet.model import build_model
 from digitnet.data import split_validation
+from digitnet import train
 from digitnet.errors import DigitnetError
 from digitnet.train import Trainer, TrainingDiverged, read_history, start_trainer, train_and_evaluate
 
@@ -48,15 +49,23 @@ def test_each_optimizer_lowers_the_loss(mnist, optimizer, learning_rate, schedul
     assert after < 0.7 * before
 
 
-def test_trainer_starts_from_the_weights_build_model_draws(mnist):
-    # The Trainer builds its network with the initializers deferred, and compiles meanwhile: same numbers.
+@pytest.mark.parametrize("internals", ["as they are", "missing"])
+def test_trainer_starts_from_the_weights_keras_draws(mnist, monkeypatch, internals):
+    # The Trainer builds its network with the initializers deferred, compiles meanwhile, then runs them all
+    # as one program (or, where Keras' internals differ, leaves them to Keras): Keras' own numbers either way.
+    if internals == "missing":
+        monkeypatch.setattr(train, "KERAS_VARIABLE_INTERNALS", ("_initializer", "_no_such_attribute"))
     config = TrainConfig(train_size=500, val_size=200, hidden=(32, 16), dropout=0.2, seed=3)
     trainer = Trainer(config, split_validation(mnist, config.val_size, config.seed, config.train_size))
     model = build_model(config)
+    optimizer = train.make_optimizer(config, trainer.steps)
+    train.compile_model(model, optimizer)
     for ours, theirs in ((trainer.state.trainable, model.trainable_variables),
-                         (trainer.state.non_trainable, model.non_trainable_variables)):
+                         (trainer.state.non_trainable, model.non_trainable_variables),
+                         (trainer.state.optimizer, optimizer.variables)):
         assert len(ours) == len(theirs)
         for a, b in zip(ours, theirs):
+            assert a.dtype == b.dtype
             np.testing.assert_array_equal(np.asarray(a), b.numpy())
 
 

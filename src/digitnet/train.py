@@ -33,6 +33,7 @@ from digitnet.interrupts import saves_on_ctrl_c
 from digitnet.model import N_PIXELS, build_model, logits_model
 
 HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+KERAS_VARIABLE_INTERNALS = ("_initializer", "_shape", "_dtype", "_initialize")  # what draw_deferred_weights uses
 EVAL_CHUNK = 1000  # images per evaluation call: one compiled shape for validation and test alike
 
 
@@ -69,6 +70,33 @@ def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> 
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     optimizer.build(model.trainable_variables)
     return model
+
+
+def draw_deferred_weights() -> None:
+    """Give the variables made in a `keras.StatelessScope(initialize_variables=False)` their initial values.
+
+    Keras would run each initializer on its own, eagerly, and on a first run XLA compiles a program for
+    each step of each one (a uniform draw, zeros of each shape, a cast): nine for the `fast` recipe's
+    network and optimizer. Run together in one jitted function they are one program, and the numbers are
+    the same to the bit (a test compares them with Keras' own). This uses Keras internals; where they
+    differ, it leaves the work to Keras' own deferred initialization.
+    """
+    from keras.src.backend.common import global_state, variables
+
+    pending = list(global_state.get_global_attribute("uninitialized_variables") or [])
+    if not all(hasattr(v, name) for v in pending for name in KERAS_VARIABLE_INTERNALS):
+        variables.initialize_all_variables()
+        return
+
+    @jax.jit
+    def initial_values() -> list[jax.Array]:
+        return [v._initializer(v._shape, dtype=v._dtype) for v in pending]
+
+    values = initial_values()
+    for variable, value in zip(pending, values):
+        variable._initialize(value)
+        variable._initializer = None
+    global_state.set_global_attribute("uninitialized_variables", [])
 
 
 def initial_state(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> State:
@@ -354,19 +382,19 @@ class Trainer:
         self.steps = math.ceil(n_train / self.batch_size)
         started = time.perf_counter()
         # The network is built without its initial weights: in a StatelessScope, Keras creates each variable
-        # with its shape and defers its initializer to the scope's end. The epoch and evaluation functions
-        # compile from those shapes on another thread meanwhile, while this one draws the weights (each
-        # Keras initializer is an XLA program of its own to compile). On a first run, with nothing in the
-        # compilation cache, the two took about a second each, one after the other.
+        # with its shape and defers its initializer. The epoch and evaluation functions compile from those
+        # shapes on another thread meanwhile, while this one draws the weights. On a first run, with nothing
+        # in the compilation cache, the two took about a second each, one after the other.
         self.optimizer = make_optimizer(config, self.steps)  # outside: it creates its step counter from a number
         with ThreadPoolExecutor(1) as pool:
-            with keras.StatelessScope():
+            with keras.StatelessScope(initialize_variables=False):
                 self.model = build_model(config)
                 compile_model(self.model, self.optimizer)
                 shapes = State(*(shapes_of(v) for v in (self.model.trainable_variables,
                                                          self.model.non_trainable_variables, self.optimizer.variables)))
                 compiling = pool.submit(compile_functions, self.model, self.optimizer, config, shapes, n_train, self.batch_size)
-            self.state = initial_state(self.model, self.optimizer)  # the scope has ended: the weights exist
+            draw_deferred_weights()
+            self.state = initial_state(self.model, self.optimizer)
             # The data lives on the device and enters the compiled function as arguments, never as constants.
             self.images = jnp.asarray(splits.x_train.reshape(n_train, N_PIXELS))
             self.labels = jnp.asarray(splits.y_train.astype(np.int32))
