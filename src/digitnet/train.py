@@ -33,7 +33,7 @@ from digitnet.interrupts import saves_on_ctrl_c
 from digitnet.model import N_PIXELS, build_model, logits_model
 
 HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
-KERAS_VARIABLE_INTERNALS = ("_initializer", "_shape", "_dtype", "_initialize")  # what draw_deferred_weights uses
+KERAS_VARIABLE_INTERNALS = ("_initializer", "_shape", "_dtype", "_convert_to_tensor", "_initialize")  # draw_deferred_weights
 EVAL_CHUNK = 1000  # images per evaluation call: one compiled shape for validation and test alike
 
 
@@ -79,12 +79,13 @@ def draw_deferred_weights() -> None:
     each step of each one (a uniform draw, zeros of each shape, a cast): nine for the `fast` recipe's
     network and optimizer. Run together in one jitted function they are one program, and the numbers are
     the same to the bit (a test compares them with Keras' own). This uses Keras internals; where they
-    differ, it leaves the work to Keras' own deferred initialization.
+    differ, or where a Keras distribution lays variables out over devices, it leaves the work to Keras.
     """
     from keras.src.backend.common import global_state, variables
 
     pending = list(global_state.get_global_attribute("uninitialized_variables") or [])
-    if not all(hasattr(v, name) for v in pending for name in KERAS_VARIABLE_INTERNALS):
+    internals = all(hasattr(v, name) for v in pending for name in KERAS_VARIABLE_INTERNALS)
+    if not internals or keras.distribution.distribution() is not None:
         variables.initialize_all_variables()
         return
 
@@ -94,7 +95,7 @@ def draw_deferred_weights() -> None:
 
     values = initial_values()
     for variable, value in zip(pending, values):
-        variable._initialize(value)
+        variable._initialize(variable._convert_to_tensor(value))  # as Keras' own path does
         variable._initializer = None
     global_state.set_global_attribute("uninitialized_variables", [])
 
