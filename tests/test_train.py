@@ -176,6 +176,24 @@ def test_a_network_too_big_for_memory_is_a_one_line_error(mnist, monkeypatch):
         start_trainer(TrainConfig(**{**SMALL, "hidden": (200000000,)}), splits)
 
 
+@pytest.mark.parametrize("internals", ["as they are", "missing"])
+def test_weights_that_failed_to_draw_are_not_left_for_the_next_network(monkeypatch, internals):
+    import keras
+    from keras.src.backend.common import global_state
+
+    if internals == "missing":
+        monkeypatch.setattr(train, "KERAS_VARIABLE_INTERNALS", ("_no_such_attribute",))
+
+    def too_big(shape, dtype=None):
+        raise MemoryError("no room")
+
+    with keras.StatelessScope(initialize_variables=False):
+        keras.Variable(initializer=too_big, shape=(3,), dtype="float32")
+    with pytest.raises(MemoryError):
+        train.draw_deferred_weights()
+    assert not global_state.get_global_attribute("uninitialized_variables")
+
+
 def test_resuming_a_finished_run_says_so(mnist, tmp_path):
     config = TrainConfig(**SMALL, epochs=1)
     first = train_and_evaluate(config, tmp_path / "run", data=mnist, log=lambda _: None)

@@ -85,19 +85,20 @@ def draw_deferred_weights() -> None:
 
     pending = list(global_state.get_global_attribute("uninitialized_variables") or [])
     internals = all(hasattr(v, name) for v in pending for name in KERAS_VARIABLE_INTERNALS)
-    if not internals or keras.distribution.distribution() is not None:
-        variables.initialize_all_variables()
-        return
 
     @jax.jit
     def initial_values() -> list[jax.Array]:
         return [v._initializer(v._shape, dtype=v._dtype) for v in pending]
 
-    values = initial_values()
-    for variable, value in zip(pending, values):
-        variable._initialize(variable._convert_to_tensor(value))  # as Keras' own path does
-        variable._initializer = None
-    global_state.set_global_attribute("uninitialized_variables", [])
+    try:
+        if not internals or keras.distribution.distribution() is not None:
+            variables.initialize_all_variables()
+            return
+        for variable, value in zip(pending, initial_values()):
+            variable._initialize(variable._convert_to_tensor(value))  # as Keras' own path does
+            variable._initializer = None
+    finally:  # a network that failed to draw (too big for memory) is not left for the next one to draw
+        global_state.set_global_attribute("uninitialized_variables", [])
 
 
 def initial_state(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> State:
