@@ -52,6 +52,7 @@ def test_train_then_evaluate(tmp_path, mnist_dir):
     (["--recipe", "nope"], "recipe: got 'nope'"),
     (["--learning-rate", "nan"], "learning_rate: got nan; allowed: a finite number > 0"),
     (["--epochs", "abc"], "Invalid value for '--epochs'"),
+    (["--seed", "4294967296"], "seed: got 4294967296; allowed: a whole number from 0 to 4294967295"),
     (["--no-such-flag", "1"], "No such option: --no-such-flag"),
 ])
 def test_bad_flags_are_one_line_errors(tmp_path, mnist_dir, flags, words):

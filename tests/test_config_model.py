@@ -112,11 +112,21 @@ def test_network_starts_from_the_weights_plain_keras_draws_and_saves_keras_initi
     ("elastic_alpha", float("nan"), "elastic_alpha: got nan"),
     ("train_size", 100000, "the training split holds 55000 images"),
     ("activation", ("relu", "tanh", "relu"), "got 3 values for 1 hidden layer;"),
+    ("seed", -1, "seed: got -1; allowed: a whole number from 0 to 4294967295"),
+    ("seed", 2**32, "seed: got 4294967296; allowed: a whole number from 0 to 4294967295"),
+    ("seed", True, "seed: got True"),
 ])
 def test_bad_values_name_the_field_and_what_is_allowed(field, value, words):
     with pytest.raises(ConfigError, match=None) as info:
         TrainConfig(**{field: value})
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_largest_seed_builds_a_network_with_dropout():
+    # Each dropout layer's seed is the config's plus the layer's number, kept within Keras' 32 bits.
+    model = build_model(TrainConfig(hidden=(8, 8), dropout=0.5, seed=2**32 - 1))
+    out = model(np.ones((2, 784), np.float32), training=True)
+    assert out.shape == (2, 10) and np.all(np.isfinite(np.asarray(out)))
 
 
 def test_batch_size_resolves_the_three_descents():

@@ -98,6 +98,14 @@ def grid_rows(seed_counts: dict[tuple[int, int], int]) -> list[dict]:
     return [fake_row(w, d, s, val=0.9, test=0.90 + w / 1000 + s / 1000) for (w, d), n in seed_counts.items() for s in range(n)]
 
 
+@pytest.mark.parametrize("seeds, words", [((0, 2**32), "seeds: got [0, 4294967296]; allowed: whole numbers from 0 to 4294967295"),
+                                          ((-1,), "seeds: got [-1]; allowed: whole numbers from 0 to")])
+def test_seeds_out_of_range_are_one_line_errors(seeds, words):
+    with pytest.raises(DigitnetError) as info:
+        SweepConfig(widths=(8,), depths=(1,), seeds=seeds, base=SMALL)
+    assert words in str(info.value)
+
+
 def test_one_seed_per_cell_gives_means_and_no_spread_verdicts():
     rows = grid_rows({(8, 1): 1, (16, 1): 1, (8, 2): 1, (16, 2): 1})
     summary = format_summary(rows, SweepConfig(widths=(8, 16), depths=(1, 2), seeds=(0,), base=SMALL))

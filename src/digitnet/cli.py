@@ -15,7 +15,7 @@ try:  # Typer 0.29 and later carry their own copy of click
 except ImportError:
     from click.exceptions import NoArgsIsHelpError, UsageError
 
-from digitnet.config import (ACTIVATIONS, AUGMENTATIONS, FULL_BATCH, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig,
+from digitnet.config import (ACTIVATIONS, AUGMENTATIONS, FULL_BATCH, MAX_SEED, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig,
                              describe_recipe, load_recipe, recipe_names)
 from digitnet.errors import DigitnetError
 from digitnet.files import use_compilation_cache
@@ -82,7 +82,7 @@ def train(
     weight_decay: WeightDecayOption = None,
     dropout: DropoutOption = None,
     epochs: EpochsOption = None,
-    seed: Annotated[Optional[int], typer.Option(help=f"Seeds weights, split, shuffling, augmentation. (default: {DEFAULTS.seed})", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Seeds weights, split, shuffling, augmentation: 0 to {MAX_SEED}. (default: {DEFAULTS.seed})", show_default=False)] = None,
     val_size: ValSizeOption = None,
     train_size: TrainSizeOption = None,
     augment: Annotated[Optional[str], typer.Option(help=f"{', '.join(AUGMENTATIONS)}: distort training images afresh each epoch. (default: {DEFAULTS.augment})", show_default=False)] = None,

@@ -18,6 +18,7 @@ SCHEDULES = ("cosine", "constant")
 AUGMENTATIONS = ("none", "elastic")
 FULL_BATCH = "full"
 N_TRAIN = 60000  # MNIST's training images, from which the validation split is carved
+MAX_SEED = 2**32 - 1  # numpy's global seed, which Keras sets, is a 32-bit number
 
 
 class ConfigError(DigitnetError, ValueError):
@@ -79,8 +80,8 @@ class TrainConfig:
         _fraction("dropout", self.dropout)
         if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < 1:
             raise ConfigError(f"weight_decay: got {self.weight_decay!r}; allowed: a number in [0, 1)")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed: got {self.seed!r}; allowed: a whole number >= 0")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed: got {self.seed!r}; allowed: a whole number from 0 to {MAX_SEED}")
         if not isinstance(self.val_size, int) or not 1 <= self.val_size < N_TRAIN:
             raise ConfigError(f"val_size: got {self.val_size!r}; allowed: a whole number from 1 to {N_TRAIN - 1}")
         if self.train_size is not None and (not isinstance(self.train_size, int) or self.train_size < 1):

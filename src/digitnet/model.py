@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import scipy.special
 
-from digitnet.config import TrainConfig
+from digitnet.config import MAX_SEED, TrainConfig
 
 N_PIXELS = 28 * 28  # MNIST images, flattened
 N_CLASSES = 10
@@ -24,7 +24,8 @@ def build_model(config: TrainConfig) -> keras.Sequential:
     for i, (units, activation) in enumerate(zip(config.hidden, config.activations), start=1):
         layers.append(keras.layers.Dense(units, activation=activation, name=f"hidden_{i}"))
         if config.dropout > 0:
-            layers.append(keras.layers.Dropout(config.dropout, seed=config.seed + i, name=f"dropout_{i}"))
+            seed = (config.seed + i) % (MAX_SEED + 1)  # Keras' seeds are 32-bit, like the config's
+            layers.append(keras.layers.Dropout(config.dropout, seed=seed, name=f"dropout_{i}"))
     output = keras.layers.Dense(N_CLASSES, name="output", kernel_initializer=TransposedGlorotUniform())
     layers.append(output)
     # Softmax as a layer of its own, so training can read the logits for a numerically stable cross-entropy.

@@ -29,7 +29,7 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from digitnet.config import ACTIVATIONS, FULL_BATCH, ConfigError, TrainConfig
+from digitnet.config import ACTIVATIONS, FULL_BATCH, MAX_SEED, ConfigError, TrainConfig
 from digitnet.errors import DigitnetError
 from digitnet.files import write_atomic
 from digitnet.interrupts import saves_on_ctrl_c
@@ -130,8 +130,10 @@ class SweepConfig:
 
 def _whole_numbers(name: str, values: Iterable[Any]) -> list[int]:
     values = list(values)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= (0 if name == "seeds" else 1) for v in values):
-        raise ConfigError(f"{name}: got {values}; allowed: whole numbers >= {0 if name == 'seeds' else 1}")
+    low, high = (0, MAX_SEED) if name == "seeds" else (1, None)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high) for v in values):
+        allowed = f"whole numbers from {low} to {high}" if high is not None else f"whole numbers >= {low}"
+        raise ConfigError(f"{name}: got {values}; allowed: {allowed}")
     return values
 
 
