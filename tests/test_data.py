@@ -65,6 +65,12 @@ def test_loading_in_background_gives_the_data_or_raises_its_error(tmp_path, tiny
         wait()
 
 
+def test_a_file_as_data_dir_is_named_as_not_a_folder(tmp_path):
+    (tmp_path / "mnist.zip").write_bytes(b"PK")
+    with pytest.raises(DataError, match=r"mnist.zip: not a folder; --data-dir \(or DIGITNET_DATA\) must name a folder"):
+        load_mnist(tmp_path / "mnist.zip")
+
+
 def test_truncated_file_names_the_file_and_the_fix(tmp_path, tiny_mnist):
     _, raw = tiny_mnist
     folder = write_folder(tmp_path / "d", raw, gz=False)

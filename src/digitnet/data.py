@@ -282,7 +282,8 @@ def load_mnist(
     if data_dir is not None:
         folder = Path(data_dir).expanduser()
         if not folder.is_dir():
-            raise DataError(f"{folder}: no such folder; --data-dir (or DIGITNET_DATA) must name a folder with the four MNIST IDX files")
+            problem = "not a folder" if folder.exists() else "no such folder"
+            raise DataError(f"{folder}: {problem}; --data-dir (or DIGITNET_DATA) must name a folder with the four MNIST IDX files")
         return parse_folder(folder, f"folder {folder}")
     cache = cache or cache_dir()
     if all((cache / spec.name).is_file() for spec in FILES.values()):
