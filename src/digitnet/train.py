@@ -126,7 +126,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def make_epoch_fn(model: keras.Model, optimizer: keras.optimizers.Optimizer, config: TrainConfig,
                   n_train: int, batch_size: int) -> Callable:
-    """A function (state, images, labels, key) -> (state, loss, accuracy) that runs one whole epoch.
+    """A function (state, images, labels, seed, epoch) -> (state, loss, accuracy) that runs one whole epoch.
 
     Every sample is seen once per epoch, as with `fit`: the shuffled order is padded to whole batches and the
     padding carries weight 0, so the last, shorter batch is averaged over its real samples only.
@@ -152,8 +152,9 @@ def make_epoch_fn(model: keras.Model, optimizer: keras.optimizers.Optimizer, con
         correct = jnp.sum(weights * (jnp.argmax(logits, axis=1) == y))
         return (trainable, non_trainable, opt_vars), (loss * jnp.sum(weights), correct)
 
-    def epoch(state_tree, images, labels, key):
-        shuffle_key, augment_key = jax.random.split(key)
+    def epoch(state_tree, images, labels, seed, epoch_number):
+        # The key is made in here: outside, making it would be two more programs to compile on a first run.
+        shuffle_key, augment_key = jax.random.split(epoch_key(seed, epoch_number))
         order = jax.random.permutation(shuffle_key, n_train)
         order = jnp.concatenate([order, order[:padding]]).reshape(steps, batch_size)
         weights = jnp.concatenate([jnp.ones(n_train), jnp.zeros(padding)]).reshape(steps, batch_size)
@@ -214,7 +215,7 @@ def compile_functions(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     """
     data = (jax.ShapeDtypeStruct((n_train, N_PIXELS), np.uint8), jax.ShapeDtypeStruct((n_train,), np.int32))
     epoch = make_epoch_fn(model, optimizer, config, n_train, batch_size).lower(
-        shapes.tree(), *data, jax.eval_shape(epoch_key, 0, 0))
+        shapes.tree(), *data, *epoch_numbers(0, 0))
     chunk = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in
              (((EVAL_CHUNK, N_PIXELS), np.uint8), ((EVAL_CHUNK,), np.int32), ((EVAL_CHUNK,), np.float32))]
     evaluate = eval_chunk_fn(model).lower(shapes.trainable, shapes.non_trainable, *chunk)
@@ -229,9 +230,14 @@ def shapes_of(variables: list) -> list[jax.ShapeDtypeStruct]:
     return [jax.ShapeDtypeStruct(tuple(v.shape), v.dtype) for v in variables]
 
 
-def epoch_key(seed: int, epoch: int) -> jax.Array:
+def epoch_key(seed: int | jax.Array, epoch: int | jax.Array) -> jax.Array:
     """The random key of one epoch, from the seed and the epoch alone, so a resumed run repeats a straight one."""
     return jax.random.fold_in(jax.random.key(seed), epoch)
+
+
+def epoch_numbers(seed: int, epoch: int) -> tuple[np.uint32, np.uint32]:
+    """The seed and epoch as the compiled epoch takes them: 32-bit, as JAX makes a key of a seed."""
+    return np.uint32(seed), np.uint32(epoch)
 
 
 # ---------------------------------------------------------------- run folder I/O
@@ -398,25 +404,22 @@ class Trainer:
             draw_deferred_weights()
             self.state = initial_state(self.model, self.optimizer)
             # The data lives on the device and enters the compiled function as arguments, never as constants.
-            self.images = jnp.asarray(splits.x_train.reshape(n_train, N_PIXELS))
-            self.labels = jnp.asarray(splits.y_train.astype(np.int32))
-            # Drawn now, while XLA compiles: the first key costs two small programs of its own to compile.
-            self.epoch_keys = [epoch_key(config.seed, epoch) for epoch in range(config.epochs + 1)]
+            # (device_put, not jnp.asarray, which compiles a program per shape to copy the array in.)
+            self.images = jax.device_put(splits.x_train.reshape(n_train, N_PIXELS))
+            self.labels = jax.device_put(splits.y_train.astype(np.int32))
             self.epoch_fn, self.evaluate_fn = compiling.result()
         self.compile_seconds = time.perf_counter() - started
 
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch and measure it; returns the history row."""
         started = time.perf_counter()
-        tree, loss, accuracy = self.epoch_fn(self.state.tree(), self.images, self.labels, self.epoch_key(epoch))
+        numbers = epoch_numbers(self.config.seed, epoch)
+        tree, loss, accuracy = self.epoch_fn(self.state.tree(), self.images, self.labels, *numbers)
         self.state = State(*tree)
         loss, accuracy = float(loss), float(accuracy)  # waits for the device
         val_loss, val_accuracy = self.evaluate(self.splits.x_val, self.splits.y_val)
         return {"epoch": epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
                 "val_accuracy": val_accuracy, "seconds": time.perf_counter() - started}
-
-    def epoch_key(self, epoch: int) -> jax.Array:
-        return self.epoch_keys[epoch] if epoch < len(self.epoch_keys) else epoch_key(self.config.seed, epoch)
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
         return self.evaluate_fn(self.state, images, labels)
