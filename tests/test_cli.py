@@ -92,6 +92,22 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_with_one_line(tmp_path, mnist_di
         assert [p.name for p in run.iterdir()] == ["config.json"]
 
 
+@pytest.mark.parametrize("flags", [["--resume", "missing"], ["--out", "notes.txt"]])
+def test_a_bad_run_folder_is_reported_before_any_wait_for_the_data(tmp_path, flags):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "empty").mkdir()  # no MNIST here: the data would fail, but the run folder is checked first
+    done = digitnet("train", *flags, mnist_dir=tmp_path / "empty", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert ("not a run folder" if flags[0] == "--resume" else "is a file, not a folder") in done.stderr
+
+
+def test_a_run_that_cannot_read_mnist_makes_no_run_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    done = digitnet("train", "--out", str(tmp_path / "run"), mnist_dir=tmp_path / "empty")
+    assert done.returncode == 2 and "missing train-images-idx3-ubyte" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_data_dir_is_one_line_error(tmp_path, mnist_dir):
     done = digitnet("data", "--data-dir", str(tmp_path), mnist_dir=mnist_dir)
     assert done.returncode == 2 and "missing train-images-idx3-ubyte" in done.stderr

@@ -115,7 +115,7 @@ def train(
     # Imported here, as in every command, so that `digitnet --help` does not wait for JAX and Keras to load.
     from digitnet.train import train_and_evaluate
 
-    train_and_evaluate(config, out, data=data(), resume=resume is not None)
+    train_and_evaluate(config, out, data=data, resume=resume is not None)
 
 
 @app.command()

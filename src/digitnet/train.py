@@ -284,8 +284,8 @@ def format_epoch(row: dict, epochs: int) -> str:
 # ---------------------------------------------------------------- the top level
 
 
-def prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool) -> TrainConfig:
-    """Create the run folder, or check it for --resume; returns the config to train with.
+def check_run_dir(out_dir: Path, resume: bool) -> None:
+    """Refuse a run folder that is a file, a --resume folder without a run, or another run's folder.
 
     A folder holding only a config.json (a run stopped before its first epoch, or one that failed to
     start) has nothing to lose, so a new run may take it over.
@@ -295,9 +295,14 @@ def prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool) -> TrainCo
     if resume:
         if not (out_dir / "config.json").is_file():
             raise DigitnetError(f"{out_dir}: not a run folder (no config.json); give the folder a training run wrote")
-        return TrainConfig.load(out_dir / "config.json")
-    if out_dir.exists() and any(path.name != "config.json" for path in out_dir.iterdir()):
+    elif out_dir.exists() and any(path.name != "config.json" for path in out_dir.iterdir()):
         raise DigitnetError(f"{out_dir}: folder exists and is not empty; continue it with --resume {out_dir} or choose another --out")
+
+
+def prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool) -> TrainConfig:
+    """Create the run folder that check_run_dir passed, or read its config for --resume; returns the config to train with."""
+    if resume:
+        return TrainConfig.load(out_dir / "config.json")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -306,18 +311,22 @@ def prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool) -> TrainCo
     return config
 
 
-def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist | None = None,
+def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist | Callable[[], Mnist] | None = None,
                        data_dir: str | Path | None = None, resume: bool = False,
                        log: Callable[[str], None] = print) -> dict:
     """Train a model as the config says, checkpoint every epoch, evaluate on the test set; return the metrics.
 
-    The run folder ends with config.json, history.csv, checkpoint.npz, model.keras and metrics.json.
+    `data` is MNIST, or a function that returns it (called once the run folder is known to be usable, so a
+    bad --out or --resume is reported before any wait for the data, and the folder is made only once the
+    data is there). The run folder ends with config.json, history.csv, checkpoint.npz, model.keras and
+    metrics.json.
     """
     out_dir = Path(out_dir)
+    check_run_dir(out_dir, resume)
+    data = data() if callable(data) else data or load_mnist(data_dir)
     config = prepare_run_dir(out_dir, config, resume)
     if not resume:
         log(f"run folder: {out_dir}")
-    data = data or load_mnist(data_dir)
     splits = split_validation(data, config.val_size, config.seed, config.train_size)
     trainer = start_trainer(config, splits)
     history, start = [], 1
