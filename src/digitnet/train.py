@@ -153,7 +153,7 @@ def make_epoch_fn(model: keras.Model, optimizer: keras.optimizers.Optimizer, con
         return (trainable, non_trainable, opt_vars), (loss * jnp.sum(weights), correct)
 
     def epoch(state_tree, images, labels, seed, epoch_number):
-        # The key is made in here: outside, making it would be two more programs to compile on a first run.
+        # The key is made in here: made outside, it cost four more programs to compile on a first run.
         shuffle_key, augment_key = jax.random.split(epoch_key(seed, epoch_number))
         order = jax.random.permutation(shuffle_key, n_train)
         order = jnp.concatenate([order, order[:padding]]).reshape(steps, batch_size)
