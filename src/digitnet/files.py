@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from digitnet.errors import DigitnetError
+
 
 def cache_dir() -> Path:
     """$XDG_CACHE_HOME/digitnet, or ~/.cache/digitnet: MNIST's files and XLA's compiled programs."""
@@ -29,17 +31,30 @@ def use_compilation_cache() -> None:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
+class WriteError(DigitnetError):
+    """A file could not be written (a full disk, no permission); its partial file was removed."""
+
+
 def write_atomic(path: Path, content: bytes | str | Callable[[Path], None]) -> None:
     """Write bytes, text, or whatever `content(tmp_path)` writes, to a temporary file, then rename it over `path`.
 
-    The temporary name keeps the suffix, since some writers (Keras' model.save, numpy's savez) go by it.
+    The temporary name keeps the suffix, since some writers (Keras' model.save, numpy's savez) go by it. A write
+    that fails (a full disk, say) removes the temporary file, leaves `path` as it was, and raises WriteError
+    naming the file and the reason.
     """
     path = Path(path)
     part = path.with_name(f".{path.stem}.part{path.suffix}")
-    if isinstance(content, bytes):
-        part.write_bytes(content)
-    elif isinstance(content, str):
-        part.write_text(content)
-    else:
-        content(part)
-    os.replace(part, path)
+    try:
+        if isinstance(content, bytes):
+            part.write_bytes(content)
+        elif isinstance(content, str):
+            part.write_text(content)
+        else:
+            content(part)
+        os.replace(part, path)
+    except OSError as err:
+        part.unlink(missing_ok=True)
+        raise WriteError(f"cannot write {path}: {err.strerror or err}") from None
+    except BaseException:  # Ctrl-C or a writer's own error mid-write: no partial file is left either
+        part.unlink(missing_ok=True)
+        raise

@@ -7,15 +7,17 @@ touched: drawing is safe in servers and tests, and nothing is ever shown on scre
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from digitnet.config import TrainConfig
+from digitnet.sweep.stats import MIN_SEEDS, best_cell, cell_groups, counted, layers
 
 DPI = 120  # 120 dots per inch: sharp in a browser at 100% zoom, PNGs stay under ~200 kB
 MAX_DRAWN = 10  # a layer with more neurons is drawn as a few circles, a vertical ellipsis and its count
@@ -292,3 +294,84 @@ def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", bbox_inches="tight", facecolor="white")
     return path
+
+
+# ---------------------------------------------------------------- the sweep's picture
+
+
+def plot_sweep(cells: Sequence[dict], path: Path) -> Path:
+    """Per (activation, batch size): a width x depth heatmap of mean test accuracy ± std, and accuracy against width."""
+    groups = cell_groups(cells)
+    best = best_cell(cells)
+    fig = Figure(figsize=(15, 5.2 * len(groups)), dpi=DPI, layout="constrained")
+    axes = fig.subplots(len(groups), 2, squeeze=False, width_ratios=(1.15, 1))
+    for (heat_ax, line_ax), ((activation, batch_size), group) in zip(axes, groups.items()):
+        _draw_heatmap(fig, heat_ax, group, best)
+        _draw_width_lines(line_ax, group)
+        suffix = f" — {activation}, batch size {batch_size}"
+        if any(c["n"] >= MIN_SEEDS for c in group):
+            heat_ax.set_title(f"Mean test accuracy (%) ± std over seeds{suffix}", fontsize=11)
+            line_ax.set_title(f"Test accuracy against width, band = ± std{suffix}", fontsize=11)
+        else:  # one seed per cell: no spread to show
+            heat_ax.set_title(f"Test accuracy (%), one seed per cell{suffix}", fontsize=11)
+            line_ax.set_title(f"Test accuracy against width, one seed per cell{suffix}", fontsize=11)
+    n_seeds = sorted({c["n"] for c in cells})
+    seeds = counted(n_seeds[0], "seed") if len(n_seeds) == 1 else f"{'/'.join(map(str, n_seeds))} seeds"
+    fig.suptitle(f"Neurons x hidden layers: {counted(sum(c['n'] for c in cells), 'trial')}, "
+                 f"{seeds} per cell; outlined: best cell by validation accuracy", fontsize=13)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", facecolor="white")
+    return path
+
+
+def _grid(group: Sequence[dict], key: str) -> tuple[list[int], list[int], Any]:
+    """(widths, depths, depth x width array of `key`), NaN where a cell has no finished trial."""
+    widths, depths = sorted({c["width"] for c in group}), sorted({c["depth"] for c in group})
+    values = np.full((len(depths), len(widths)), np.nan)
+    for c in group:
+        values[depths.index(c["depth"]), widths.index(c["width"])] = c[key]
+    return widths, depths, values
+
+
+def _draw_heatmap(fig: Any, ax: Any, group: Sequence[dict], best: dict) -> None:
+    """Mean test accuracy per cell, its std written under it; the best cell by validation outlined."""
+    widths, depths, means = _grid(group, "test_accuracy")
+    _, _, stds = _grid(group, "test_accuracy_std")
+    _, _, counts = _grid(group, "n")
+    image = ax.imshow(100 * means, cmap="viridis", aspect="auto", origin="lower")
+    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02, label="mean test accuracy (%)")
+    for (i, j), mean in np.ndenumerate(means):
+        if not np.isnan(mean):
+            dark = image.norm(100 * mean) < 0.6
+            # A cell with fewer seeds than the others (a sweep still running) says so; one seed gives no spread.
+            count = f"\nn={counts[i, j]:.0f}" if counts[i, j] < np.nanmax(counts) or counts[i, j] < MIN_SEEDS else ""
+            std = f"\n± {100 * stds[i, j]:.2f}" if counts[i, j] >= MIN_SEEDS else ""
+            ax.text(j, i, f"{100 * mean:.2f}{std}{count}", ha="center", va="center", fontsize=9,
+                    color="white" if dark else "black")
+    if best in group:
+        j, i = widths.index(best["width"]), depths.index(best["depth"])
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#e8000b", linewidth=2.5))
+    ax.set_xticks(range(len(widths)), [str(w) for w in widths])
+    ax.set_yticks(range(len(depths)), [str(d) for d in depths])
+    ax.set_xlabel("neurons per hidden layer (width)")
+    ax.set_ylabel("hidden layers (depth)")
+    ax.tick_params(length=0)
+
+
+def _draw_width_lines(ax: Any, group: Sequence[dict]) -> None:
+    """Mean test accuracy against width on a log2 axis, one line per depth, with a ± std band."""
+    widths, depths, means = _grid(group, "test_accuracy")
+    _, _, stds = _grid(group, "test_accuracy_std")
+    for row, depth in enumerate(depths):
+        mean, std = 100 * means[row], 100 * stds[row]
+        line, = ax.plot(widths, mean, marker="o", markersize=5, label=layers(depth))
+        ax.fill_between(widths, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.minorticks_off()
+    ax.set_xlabel("neurons per hidden layer (width, log2 scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+

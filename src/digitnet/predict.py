@@ -4,30 +4,25 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import digitnet  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
-
 import keras
 import numpy as np
 from PIL import Image
 
 from digitnet.errors import DigitnetError
-from digitnet.evaluate import load_run_model, model_file
-from digitnet.model import N_CLASSES, layer_sizes, make_numpy_predict_fn, make_predict_fn
+from digitnet.model import N_CLASSES, layer_sizes, load_model, make_numpy_predict_fn, make_predict_fn
 from digitnet.preprocess import ImageError, preprocess
+from digitnet.run import RunDir, model_file
 
 # XLA compiles once per input shape: padding every batch up to one of these sizes keeps it to four
 # compilations, all done at load time, so no request ever waits for the compiler. (Only for networks
 # the NumPy forward pass cannot run; see make_numpy_predict_fn.)
 BATCH_SIZES = (1, 8, 32, 128)
-# Where a run folder keeps its test accuracy: written by `digitnet train`, then by `digitnet evaluate`.
-TEST_ACCURACY_KEYS = (("metrics.json", "test_accuracy"), ("evaluation.json", "accuracy"))
 
 
 class Predictor:
@@ -48,7 +43,7 @@ class Predictor:
     def load(cls, path: str | os.PathLike) -> "Predictor":
         """Load a run folder (its model.keras) or a .keras file, ready to predict."""
         model_path = model_file(path)
-        return cls(load_run_model(model_path, compile=False), model_path)
+        return cls(load_model(model_path, compile=False), model_path)
 
     def _warm_up(self) -> None:
         """Run each padded batch size once, so that compiling happens now rather than on a request."""
@@ -109,20 +104,8 @@ class Predictor:
             "path": str(self.path) if self.path else None,
             "layers": [{"name": n, "units": u, "activation": a} for n, u, a in layer_sizes(self.model)],
             "parameters": int(self.model.count_params()),
-            "test_accuracy": read_test_accuracy(self.path.parent) if self.path else None,
+            "test_accuracy": RunDir(self.path.parent).test_accuracy() if self.path else None,
         }
-
-
-def read_test_accuracy(run_dir: Path) -> float | None:
-    """The test accuracy saved by training or evaluation in a run folder, or None when there is none."""
-    for name, key in TEST_ACCURACY_KEYS:
-        try:
-            metrics = json.loads((run_dir / name).read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(metrics, dict) and isinstance(metrics.get(key), (int, float)):
-            return float(metrics[key])
-    return None
 
 
 def source_name(source: str | os.PathLike | bytes, index: int) -> str:

@@ -9,25 +9,22 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-import digitnet  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
-
 import keras
 import numpy as np
 
+import digitnet
 from digitnet import plots
 from digitnet.config import TrainConfig
 from digitnet.data import Mnist, load_mnist
 from digitnet.errors import DigitnetError
-from digitnet.evaluate import evaluate_run, load_run_model, predict_probabilities
-from digitnet.model import N_CLASSES, N_PIXELS, layer_sizes
-from digitnet.train import read_history
-
-RUN_FILES = ("config.json", "history.csv", "metrics.json", "model.keras")  # what `digitnet train` leaves behind
+from digitnet.files import write_atomic
+from digitnet.evaluate import evaluate_run, predict_probabilities
+from digitnet.model import N_CLASSES, N_PIXELS, layer_sizes, load_model
+from digitnet.run import EVALUATION, METRICS, MODEL, PLOTS, REPORT, RunDir
 PLOT_FILES = ("network", "curves", "confusion", "per_class", "errors", "samples")  # PNG names, in report order
 
 METRIC_LABELS = {
@@ -80,60 +77,29 @@ def write_report(run_dir: str | Path, data_dir: str | Path | None = None, data: 
     `data` (anything with MNIST's four arrays) spares loading MNIST from `data_dir`; the test set is used
     for the evaluation, if the run has none yet, and for the mistakes; the training set for the samples.
     """
-    run_dir = Path(run_dir)
-    check_run_dir(run_dir)
-    config = TrainConfig.load(run_dir / "config.json")
-    history = load_history(run_dir / "history.csv")
-    metrics = load_json(run_dir / "metrics.json")
-    model = load_run_model(run_dir)
+    run = RunDir(run_dir)
+    run.check_finished()
+    config = run.read_config()
+    history = run.read_history()
+    if not history:
+        raise DigitnetError(f"{run.file('history.csv')}: no epochs recorded; train the run for at least one epoch")
+    metrics = run.read_json(METRICS)
+    model = load_model(run.path)
     data = load_mnist(data_dir) if data is None else data
-    evaluation = load_or_evaluate(run_dir, data)
-    images = draw_plots(run_dir / "plots", model, history, evaluation, data)
-    page = render_html(run_dir.resolve().name, config, metrics, evaluation, model_summary(model), images)
-    path = run_dir / "report.html"
-    path.write_text(page, encoding="utf-8")
+    evaluation = load_or_evaluate(run, data)
+    images = draw_plots(run.file(PLOTS), model, history, evaluation, data)
+    page = render_html(run.path.resolve().name, config, metrics, evaluation, model_summary(model), images)
+    path = run.file(REPORT)
+    write_atomic(path, page)
     return path
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """A DigitnetError naming what a run folder lacks, and what to do about it."""
-    if not run_dir.is_dir():
-        problem = "not a folder" if run_dir.exists() else "no such folder"
-        raise DigitnetError(f"{run_dir}: {problem}; give the run folder that `digitnet train` wrote")
-    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
-    if missing:
-        unfinished = " (an unfinished run: continue it with `digitnet train --resume`)" if (run_dir / "checkpoint.npz").is_file() else ""
-        raise DigitnetError(
-            f"{run_dir}: not a finished run folder, missing {', '.join(missing)}{unfinished}; "
-            "give a folder that `digitnet train` completed"
-        )
-
-
-def load_history(path: Path) -> list[dict]:
-    """The rows of history.csv, one per epoch; a DigitnetError if there are none or they do not parse."""
-    try:
-        history = read_history(path)
-    except (OSError, ValueError, TypeError, KeyError) as err:
-        raise DigitnetError(f"{path}: unreadable history ({err}); retrain the run or restore the file") from None
-    if not history:
-        raise DigitnetError(f"{path}: no epochs recorded; train the run for at least one epoch")
-    return history
-
-
-def load_json(path: Path) -> dict:
-    """A JSON object from a run folder, or a DigitnetError saying which file is broken."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DigitnetError(f"{path}: unreadable JSON ({err}); retrain the run or restore the file") from None
-
-
-def load_or_evaluate(run_dir: Path, data: Mnist) -> dict:
+def load_or_evaluate(run: RunDir, data: Mnist) -> dict:
     """evaluation.json if it is newer than the model, else a fresh evaluation on the test set (which writes it)."""
-    saved = run_dir / "evaluation.json"
-    if saved.is_file() and saved.stat().st_mtime >= (run_dir / "model.keras").stat().st_mtime:
-        return load_json(saved)
-    return evaluate_run(run_dir, data=data)
+    saved = run.file(EVALUATION)
+    if saved.is_file() and saved.stat().st_mtime >= run.file(MODEL).stat().st_mtime:
+        return run.read_json(EVALUATION)
+    return evaluate_run(run.path, data=data)
 
 
 def draw_plots(plot_dir: Path, model: keras.Model, history: list[dict], evaluation: dict, data: Mnist) -> dict[str, Path]:

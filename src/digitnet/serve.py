@@ -34,10 +34,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from digitnet.errors import DigitnetError
-from digitnet.evaluate import model_file
+from digitnet.internals import uvicorn_hands_connections, uvicorn_protocol_factory
 from digitnet.interrupts import saves_on_ctrl_c
 from digitnet.predict import Predictor, encode_png, prediction
 from digitnet.preprocess import ImageError, preprocess
+from digitnet.run import model_file
 
 # A 280x280 canvas PNG is 3-20 kB and a phone photo of a digit a few MB; anything larger is refused
 # before it is read, so one client cannot make the server hold much memory.
@@ -281,12 +282,19 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
             with saves_on_ctrl_c(), contextlib.suppress(KeyboardInterrupt):
                 uvicorn.Server(uvicorn.Config(app, host=host, port=port, **UVICORN_OPTIONS)).run(sockets=[listener])
         return
-    # This process accepts every connection and hands each worker one in turn (as Node.js's cluster does), so
-    # 32 keep-alive clients make 16 per worker. With one socket per worker on the port (SO_REUSEPORT) the
-    # kernel spread them by a hash of their addresses: 14/18, 13/19 and 19/13 in three load tests, and the
-    # busier worker fell behind at 500 requests/s while the other had time to spare. With one socket shared
-    # by all, as uvicorn's own --workers has, whichever wakes first accepts a whole burst: in one load test
-    # one worker got all 32.
+    if uvicorn_hands_connections():
+        run_handing_workers(model, listener, host, port, workers)
+    else:  # uvicorn's public API only: the workers share the listening socket, as uvicorn's own --workers do
+        run_sharing_workers(model, listener, host, port, workers)
+
+
+def run_handing_workers(model: str | os.PathLike, listener: socket.socket, host: str, port: int, workers: int) -> None:
+    """Serve with `workers` processes, this one accepting every connection and handing each worker one in turn.
+
+    That is how Node.js's cluster spreads connections: 32 keep-alive clients make 16 per worker. With one socket
+    per worker on the port (SO_REUSEPORT) the kernel spreads them by a hash of their addresses, unevenly; with one
+    socket shared by all, whichever worker wakes first accepts a whole burst (docs/serve-speed.md).
+    """
     channels = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(workers)]
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=serve_worker, args=(os.fspath(model), theirs)) for _, theirs in channels]
@@ -299,20 +307,37 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
         listener.listen(2048)  # uvicorn's default backlog
         listener.setblocking(False)
         ended = hand_out_connections(listener, [ours for ours, _ in channels], [process.sentinel for process in processes])
+    for ours, _ in channels:
+        ours.close()  # a worker that reads the end of its channel stops taking connections
+    end_workers(processes, ended)
+
+
+def run_sharing_workers(model: str | os.PathLike, listener: socket.socket, host: str, port: int, workers: int) -> None:
+    """Serve with `workers` processes that all accept from one listening socket (uvicorn's public API only)."""
+    context = multiprocessing.get_context("spawn")
+    with listener:
+        listener.listen(2048)
+        processes = [context.Process(target=serve_shared_socket, args=(os.fspath(model), listener)) for _ in range(workers)]
+        for process in processes:
+            process.start()
+    print(f"digitnet: {workers} worker processes serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
+    end_workers(processes, hand_out_connections(None, [], [process.sentinel for process in processes]))
+
+
+def end_workers(processes: list[multiprocessing.process.BaseProcess], ended: list[int]) -> None:
+    """Stop the workers once one ended or Ctrl-C came; a DigitnetError if one had failed."""
     for process in processes:
         if process.sentinel in ended:
             process.join()  # its exit code is known only once it is reaped
     failed = [process.exitcode for process in processes if process.sentinel in ended and process.exitcode != 0]
-    for ours, _ in channels:
-        ours.close()  # a worker that reads the end of its channel stops taking connections
     stop_workers(processes)
     if failed:
         raise DigitnetError(f"a server worker stopped with exit code {failed[0]}; its message is above")
 
 
-def hand_out_connections(listener: socket.socket, channels: list[socket.socket], sentinels: list[int]) -> list[int]:
+def hand_out_connections(listener: socket.socket | None, channels: list[socket.socket], sentinels: list[int]) -> list[int]:
     """Accept connections and pass each to the next worker's channel in turn, until a worker ends (its
-    sentinels that are ready are returned) or Ctrl-C or SIGTERM arrives ([])."""
+    sentinels that are ready are returned) or Ctrl-C or SIGTERM arrives ([]). With no listener, only wait."""
     turn = itertools.cycle(channels)
     # The handler only writes a byte that wakes the wait; it raises nothing. A KeyboardInterrupt can be
     # swallowed ("Exception ignored in ...") when it fires inside a garbage-collection callback, as JAX
@@ -322,8 +347,8 @@ def hand_out_connections(listener: socket.socket, channels: list[socket.socket],
     previous = {number: signal.signal(number, lambda *_: os.write(writer, b"!")) for number in signals}
     try:
         while True:
-            ready = multiprocessing.connection.wait([listener, *sentinels, reader])
-            if reader in ready or len(ready) > 1 or listener not in ready:
+            ready = multiprocessing.connection.wait([*([listener] if listener else []), *sentinels, reader])
+            if listener is None or reader in ready or len(ready) > 1 or listener not in ready:
                 return [item for item in ready if item in sentinels]
             with contextlib.suppress(BlockingIOError):  # until the burst of connections waiting is taken
                 while True:
@@ -348,6 +373,14 @@ def serve_worker(model: str, channel: socket.socket) -> None:
         pass
 
 
+def serve_shared_socket(model: str, listener: socket.socket) -> None:
+    """One of several server processes accepting from one listening socket: load the model, then serve."""
+    try:
+        uvicorn.Server(uvicorn.Config(loaded_app(model), **UVICORN_OPTIONS)).run(sockets=[listener])
+    except KeyboardInterrupt:
+        pass
+
+
 class HandedConnectionsServer(uvicorn.Server):
     """A uvicorn server that listens on no socket of its own: it serves the connections another process
     accepted and sent it over a Unix socket (SCM_RIGHTS), each as uvicorn serves one it accepted itself."""
@@ -358,6 +391,7 @@ class HandedConnectionsServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])
+        self.protocol = uvicorn_protocol_factory(self)
         self.channel.setblocking(False)
         asyncio.get_running_loop().add_reader(self.channel.fileno(), self.take_connections)
 
@@ -377,11 +411,8 @@ class HandedConnectionsServer(uvicorn.Server):
                 loop.create_task(self.serve_connection(socket.socket(fileno=fd)))
 
     async def serve_connection(self, connection: socket.socket) -> None:
-        def protocol() -> asyncio.Protocol:  # what uvicorn makes for each connection its own listener accepts
-            return self.config.http_protocol_class(config=self.config, server_state=self.server_state, app_state=self.lifespan.state)
-
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(protocol, connection)
+            await asyncio.get_running_loop().connect_accepted_socket(self.protocol, connection)
         except OSError:  # the client went away before it was served
             connection.close()
 

@@ -8,16 +8,14 @@ stays an ordinary Keras model that is built, saved, summarized and served as Ker
 
 from __future__ import annotations
 
-import csv
-import json
+import contextlib
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
-
-import digitnet  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
 
 import jax
 import jax.numpy as jnp
@@ -28,12 +26,12 @@ from digitnet.augment import distort
 from digitnet.config import TrainConfig
 from digitnet.data import Mnist, Splits, load_mnist, split_validation
 from digitnet.errors import DigitnetError
-from digitnet.files import write_atomic
+from digitnet.files import WriteError, write_atomic
+from digitnet.internals import initial_weights_drawn_together
 from digitnet.interrupts import saves_on_ctrl_c
 from digitnet.model import N_PIXELS, build_model, logits_model
+from digitnet.run import MODEL, METRICS, RunDir
 
-HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
-KERAS_VARIABLE_INTERNALS = ("_initializer", "_shape", "_dtype", "_convert_to_tensor", "_initialize")  # draw_deferred_weights
 EVAL_CHUNK = 1000  # images per evaluation call: one compiled shape for validation and test alike
 
 
@@ -72,35 +70,6 @@ def compile_model(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> 
     return model
 
 
-def draw_deferred_weights() -> None:
-    """Give the variables made in a `keras.StatelessScope(initialize_variables=False)` their initial values.
-
-    Keras would run each initializer on its own, eagerly, and on a first run XLA compiles a program for
-    each step of each one (a uniform draw, zeros of each shape, a cast): nine for the `fast` recipe's
-    network and optimizer. Run together in one jitted function they are one program, and the numbers are
-    the same to the bit (a test compares them with Keras' own). This uses Keras internals; where they
-    differ, or where a Keras distribution lays variables out over devices, it leaves the work to Keras.
-    """
-    from keras.src.backend.common import global_state, variables
-
-    pending = list(global_state.get_global_attribute("uninitialized_variables") or [])
-    internals = all(hasattr(v, name) for v in pending for name in KERAS_VARIABLE_INTERNALS)
-
-    @jax.jit
-    def initial_values() -> list[jax.Array]:
-        return [v._initializer(v._shape, dtype=v._dtype) for v in pending]
-
-    try:
-        if not internals or keras.distribution.distribution() is not None:
-            variables.initialize_all_variables()
-            return
-        for variable, value in zip(pending, initial_values()):
-            variable._initialize(variable._convert_to_tensor(value))  # as Keras' own path does
-            variable._initializer = None
-    finally:  # a network that failed to draw (too big for memory) is not left for the next one to draw
-        global_state.set_global_attribute("uninitialized_variables", [])
-
-
 def initial_state(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> State:
     return State(
         [v.value for v in model.trainable_variables],
@@ -124,104 +93,104 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return -jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=1)[:, 0]
 
 
-def make_epoch_fn(model: keras.Model, optimizer: keras.optimizers.Optimizer, config: TrainConfig,
-                  n_train: int, batch_size: int) -> Callable:
-    """A function (state, images, labels, seed, epoch) -> (state, loss, accuracy) that runs one whole epoch.
+def train_step(network: keras.Model, optimizer: keras.optimizers.Optimizer, config: TrainConfig,
+               state: tuple, batch: tuple) -> tuple[tuple, tuple[jax.Array, jax.Array]]:
+    """One update on one batch: (trainable, non_trainable, optimizer variables) -> the same after the step.
+
+    `network` ends at the logits; `batch` is (x float32 (B, 784) in [0, 1], labels (B,), weights (B,) of 1 for a
+    real sample and 0 for padding, a random key for the distortions). Returns the new state and the batch's
+    summed loss and number of correct answers, both weighted.
+    """
+    trainable, non_trainable, opt_vars = state
+    x, y, weights, key = batch
+    if config.augment == "elastic":
+        x = distort(key, x.reshape(-1, 28, 28), config).reshape(-1, N_PIXELS)
+
+    def loss_fn(trainable):
+        logits, new_non_trainable = network.stateless_call(trainable, non_trainable, x, training=True)
+        loss = jnp.sum(weights * cross_entropy(logits, y)) / jnp.sum(weights)
+        return loss, (new_non_trainable, logits)
+
+    (loss, (non_trainable, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
+    correct = jnp.sum(weights * (jnp.argmax(logits, axis=1) == y))
+    return (trainable, non_trainable, opt_vars), (loss * jnp.sum(weights), correct)
+
+
+def train_epoch(network: keras.Model, optimizer: keras.optimizers.Optimizer, config: TrainConfig, batch_size: int,
+                state: tuple, images: jax.Array, labels: jax.Array, seed: jax.Array, epoch: jax.Array
+                ) -> tuple[tuple, jax.Array, jax.Array]:
+    """One whole epoch, to be compiled: shuffle `images` (uint8 (N, 784)) and `labels`, scan `train_step` over
+    all their batches; returns the new state, the mean loss and the accuracy over the epoch.
 
     Every sample is seen once per epoch, as with `fit`: the shuffled order is padded to whole batches and the
-    padding carries weight 0, so the last, shorter batch is averaged over its real samples only.
+    padding carries weight 0, so the last, shorter batch is averaged over its real samples only. The random
+    key comes from the seed and the epoch alone (`epoch_key`), so a resumed run repeats a straight one.
     """
+    n_train = labels.shape[0]
     steps = math.ceil(n_train / batch_size)
     padding = steps * batch_size - n_train
-    network = logits_model(model)
-    augment = config.augment == "elastic"
+    # The key is made in here: made outside, it cost four more programs to compile on a first run.
+    shuffle_key, augment_key = jax.random.split(epoch_key(seed, epoch))
+    order = jax.random.permutation(shuffle_key, n_train)
+    order = jnp.concatenate([order, order[:padding]]).reshape(steps, batch_size)
+    weights = jnp.concatenate([jnp.ones(n_train), jnp.zeros(padding)]).reshape(steps, batch_size)
+    step_keys = jax.random.split(augment_key, steps)
 
-    def train_step(state_tree, batch):
-        trainable, non_trainable, opt_vars = state_tree
-        x, y, weights, key = batch
-        if augment:
-            x = distort(key, x.reshape(-1, 28, 28), config).reshape(-1, N_PIXELS)
+    def step(state, batch):
+        idx, w, k = batch
+        # Gather and scale inside the step: only one batch of float32 pixels exists at a time.
+        x = images[idx].astype(jnp.float32) / 255.0
+        return train_step(network, optimizer, config, state, (x, labels[idx], w, k))
 
-        def loss_fn(trainable):
-            logits, new_non_trainable = network.stateless_call(trainable, non_trainable, x, training=True)
-            loss = jnp.sum(weights * cross_entropy(logits, y)) / jnp.sum(weights)
-            return loss, (new_non_trainable, logits)
-
-        (loss, (non_trainable, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
-        trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
-        correct = jnp.sum(weights * (jnp.argmax(logits, axis=1) == y))
-        return (trainable, non_trainable, opt_vars), (loss * jnp.sum(weights), correct)
-
-    def epoch(state_tree, images, labels, seed, epoch_number):
-        # The key is made in here: made outside, it cost four more programs to compile on a first run.
-        shuffle_key, augment_key = jax.random.split(epoch_key(seed, epoch_number))
-        order = jax.random.permutation(shuffle_key, n_train)
-        order = jnp.concatenate([order, order[:padding]]).reshape(steps, batch_size)
-        weights = jnp.concatenate([jnp.ones(n_train), jnp.zeros(padding)]).reshape(steps, batch_size)
-        step_keys = jax.random.split(augment_key, steps)
-
-        def step(carry, batch):
-            idx, w, k = batch
-            # Gather and scale inside the step: only one batch of float32 pixels exists at a time.
-            x = images[idx].astype(jnp.float32) / 255.0
-            return train_step(carry, (x, labels[idx], w, k))
-
-        state_tree, (losses, corrects) = jax.lax.scan(step, state_tree, (order, weights, step_keys))
-        return state_tree, jnp.sum(losses) / n_train, jnp.sum(corrects) / n_train
-
-    return jax.jit(epoch, donate_argnums=0)
+    state, (losses, corrects) = jax.lax.scan(step, state, (order, weights, step_keys))
+    return state, jnp.sum(losses) / n_train, jnp.sum(corrects) / n_train
 
 
-def eval_chunk_fn(model: keras.Model) -> Callable:
-    """A jitted function (trainable, non_trainable, images uint8 (n, 784), labels, weights) -> (loss sum, correct sum)."""
-    network = logits_model(model)
-
-    @jax.jit
-    def chunk_sums(trainable, non_trainable, x, y, weights):
-        logits, _ = network.stateless_call(trainable, non_trainable, x.astype(jnp.float32) / 255.0, training=False)
-        return jnp.sum(weights * cross_entropy(logits, y)), jnp.sum(weights * (jnp.argmax(logits, axis=1) == y))
-
-    return chunk_sums
+def eval_step(network: keras.Model, trainable: list, non_trainable: list, x: jax.Array, y: jax.Array,
+              weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Summed loss and number of correct answers over one chunk of uint8 images (n, 784), each weighted."""
+    logits, _ = network.stateless_call(trainable, non_trainable, x.astype(jnp.float32) / 255.0, training=False)
+    return jnp.sum(weights * cross_entropy(logits, y)), jnp.sum(weights * (jnp.argmax(logits, axis=1) == y))
 
 
-def make_eval_fn(chunk_sums: Callable) -> Callable:
-    """A function (state, images uint8 (N, 784), labels) -> (mean loss, accuracy), calling chunk_sums on
-    EVAL_CHUNK images at a time: one compiled shape for validation and test alike."""
-
-    def evaluate(state: State, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-        n = len(labels)
-        padded = math.ceil(n / EVAL_CHUNK) * EVAL_CHUNK
-        x = np.zeros((padded, N_PIXELS), np.uint8)
-        x[:n] = images.reshape(n, N_PIXELS)
-        y = np.zeros(padded, np.int32)
-        y[:n] = labels
-        w = (np.arange(padded) < n).astype(np.float32)
-        loss = correct = 0.0
-        for start in range(0, padded, EVAL_CHUNK):
-            part = slice(start, start + EVAL_CHUNK)
-            chunk_loss, chunk_correct = chunk_sums(state.trainable, state.non_trainable, x[part], y[part], w[part])
-            loss, correct = loss + float(chunk_loss), correct + float(chunk_correct)
-        return loss / n, correct / n
-
-    return evaluate
+def evaluate_in_chunks(chunk_sums: Callable, state: State, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(mean loss, accuracy) over uint8 images (N, 784), calling chunk_sums (a compiled `eval_step`) on EVAL_CHUNK
+    images at a time: one compiled shape for validation and test alike."""
+    n = len(labels)
+    padded = math.ceil(n / EVAL_CHUNK) * EVAL_CHUNK
+    x = np.zeros((padded, N_PIXELS), np.uint8)
+    x[:n] = images.reshape(n, N_PIXELS)
+    y = np.zeros(padded, np.int32)
+    y[:n] = labels
+    w = (np.arange(padded) < n).astype(np.float32)
+    loss = correct = 0.0
+    for start in range(0, padded, EVAL_CHUNK):
+        part = slice(start, start + EVAL_CHUNK)
+        chunk_loss, chunk_correct = chunk_sums(state.trainable, state.non_trainable, x[part], y[part], w[part])
+        loss, correct = loss + float(chunk_loss), correct + float(chunk_correct)
+    return loss / n, correct / n
 
 
 def compile_functions(model: keras.Model, optimizer: keras.optimizers.Optimizer, config: TrainConfig, shapes: State,
                       n_train: int, batch_size: int) -> tuple[Callable, Callable]:
-    """The epoch and evaluation functions, compiled from the shapes of the state alone (no weights needed).
+    """`train_epoch` and `eval_step` for this network, compiled from the shapes of the state alone (no weights
+    needed); the evaluation comes wrapped by `evaluate_in_chunks`.
 
-    Both are traced here, one after the other (tracing calls the Keras layers, which are not meant to be
-    called from two threads at once), then XLA compiles them side by side.
+    The network and the settings are bound before compiling; the data and the state are arguments, so nothing
+    large becomes a constant of the program. Both are traced here, one after the other (tracing calls the Keras
+    layers, which are not meant to be called from two threads at once), then XLA compiles them side by side.
     """
+    network = logits_model(model)
     data = (jax.ShapeDtypeStruct((n_train, N_PIXELS), np.uint8), jax.ShapeDtypeStruct((n_train,), np.int32))
-    epoch = make_epoch_fn(model, optimizer, config, n_train, batch_size).lower(
+    epoch = jax.jit(partial(train_epoch, network, optimizer, config, batch_size), donate_argnums=0).lower(
         shapes.tree(), *data, *epoch_numbers(0, 0))
     chunk = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in
              (((EVAL_CHUNK, N_PIXELS), np.uint8), ((EVAL_CHUNK,), np.int32), ((EVAL_CHUNK,), np.float32))]
-    evaluate = eval_chunk_fn(model).lower(shapes.trainable, shapes.non_trainable, *chunk)
+    evaluate = jax.jit(partial(eval_step, network)).lower(shapes.trainable, shapes.non_trainable, *chunk)
     with ThreadPoolExecutor(1) as pool:
         compiled_epoch = pool.submit(epoch.compile)
-        evaluate_fn = make_eval_fn(evaluate.compile())
+        evaluate_fn = partial(evaluate_in_chunks, evaluate.compile())
         return compiled_epoch.result(), evaluate_fn
 
 
@@ -240,37 +209,6 @@ def epoch_numbers(seed: int, epoch: int) -> tuple[np.uint32, np.uint32]:
     return np.uint32(seed), np.uint32(epoch)
 
 
-# ---------------------------------------------------------------- run folder I/O
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=HISTORY_KEYS)
-            writer.writeheader()
-            writer.writerows(history)
-
-    write_atomic(path, write)
-
-
-def read_history(path: Path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-def save_checkpoint(path: Path, state: State, epoch: int) -> None:
-    arrays = {f"{group}_{i}": np.asarray(a) for group, values in zip(("trainable", "non_trainable", "optimizer"), state.tree())
-              for i, a in enumerate(values)}
-    write_atomic(path, lambda tmp: np.savez(tmp, epoch=epoch, **arrays))
-
-
-def load_checkpoint(path: Path, like: State) -> tuple[State, int]:
-    with np.load(path) as saved:
-        groups = [[jnp.asarray(saved[f"{group}_{i}"]) for i in range(len(values))]
-                  for group, values in zip(("trainable", "non_trainable", "optimizer"), like.tree())]
-        return State(*groups), int(saved["epoch"])
-
-
 def save_model(path: Path, model: keras.Model) -> None:
     write_atomic(path, lambda tmp: model.save(tmp))
 
@@ -284,33 +222,6 @@ def format_epoch(row: dict, epochs: int) -> str:
 # ---------------------------------------------------------------- the top level
 
 
-def check_run_dir(out_dir: Path, resume: bool) -> None:
-    """Refuse a run folder that is a file, a --resume folder without a run, or another run's folder.
-
-    A folder holding only a config.json (a run stopped before its first epoch, or one that failed to
-    start) has nothing to lose, so a new run may take it over.
-    """
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DigitnetError(f"{out_dir}: is a file, not a folder; choose another --out")
-    if resume:
-        if not (out_dir / "config.json").is_file():
-            raise DigitnetError(f"{out_dir}: not a run folder (no config.json); give the folder a training run wrote")
-    elif out_dir.exists() and any(path.name != "config.json" for path in out_dir.iterdir()):
-        raise DigitnetError(f"{out_dir}: folder exists and is not empty; continue it with --resume {out_dir} or choose another --out")
-
-
-def prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool) -> TrainConfig:
-    """Create the run folder that check_run_dir passed, or read its config for --resume; returns the config to train with."""
-    if resume:
-        return TrainConfig.load(out_dir / "config.json")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DigitnetError(f"cannot create the run folder {out_dir}: {err.strerror or err}; choose another --out") from None
-    config.save(out_dir / "config.json")
-    return config
-
-
 def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist | Callable[[], Mnist] | None = None,
                        data_dir: str | Path | None = None, resume: bool = False,
                        log: Callable[[str], None] = print) -> dict:
@@ -318,23 +229,37 @@ def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist 
 
     `data` is MNIST, or a function that returns it (called once the run folder is known to be usable, so a
     bad --out or --resume is reported before any wait for the data, and the folder is made only once the
-    data is there). The run folder ends with config.json, history.csv, checkpoint.npz, model.keras and
-    metrics.json.
+    data is there). The run folder (see digitnet.run) is held by this process until the function returns, and
+    ends with config.json, history.csv, checkpoint.npz, model.keras and metrics.json.
     """
-    out_dir = Path(out_dir)
-    check_run_dir(out_dir, resume)
+    run = RunDir(out_dir)
+    if resume:
+        run.check_resumable()
+    else:
+        run.check_new()
     data = data() if callable(data) else data or load_mnist(data_dir)
-    config = prepare_run_dir(out_dir, config, resume)
-    if not resume:
-        log(f"run folder: {out_dir}")
+    with run.claim():
+        if resume:
+            config = run.read_config()
+        else:
+            run.check_new()  # again, now that no other process can start in it
+            run.write_config(config)
+            log(f"run folder: {run}")
+        return _train_in(run, config, data, resume, log)
+
+
+def _train_in(run: RunDir, config: TrainConfig, data: Mnist, resume: bool, log: Callable[[str], None]) -> dict:
+    """train_and_evaluate's work, in a run folder this process holds."""
     splits = split_validation(data, config.val_size, config.seed, config.train_size)
     trainer = start_trainer(config, splits)
     history, start = [], 1
-    if resume and (out_dir / "checkpoint.npz").is_file():
-        trainer.state, done = load_checkpoint(out_dir / "checkpoint.npz", trainer.state)
-        history, start = read_history(out_dir / "history.csv")[:done], done + 1
-        log(f"resuming {out_dir} after epoch {done}" if done < config.epochs else
-            f"{out_dir}: all {config.epochs} {'epoch was' if config.epochs == 1 else 'epochs were'} done before; evaluating it again")
+    saved = run.load_checkpoint(tuple(len(group) for group in trainer.state.tree()), log) if resume else None
+    if saved is not None:
+        groups, done = saved
+        trainer.state = State(*([jnp.asarray(a) for a in group] for group in groups))
+        history, start = run.read_history()[:done], done + 1
+        log(f"resuming {run} after epoch {done}" if done < config.epochs else
+            f"{run}: all {config.epochs} {'epoch was' if config.epochs == 1 else 'epochs were'} done before; evaluating it again")
     log(f"built and compiled in {trainer.compile_seconds:.2f} s ({trainer.steps} {'step' if trainer.steps == 1 else 'steps'} "
         f"of {trainer.batch_size} per epoch)")
     last_good = trainer.state_on_host()
@@ -344,26 +269,33 @@ def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist 
                 row = trainer.run_epoch(epoch)
                 if not all(math.isfinite(row[k]) for k in ("loss", "val_loss")):
                     trainer.state = last_good
-                    trainer.save(out_dir / "model.keras")
+                    trainer.save(run.file(MODEL))
                     raise TrainingDiverged(
-                        f"loss became {row['loss']} in epoch {epoch}; kept the weights of the last finished epoch ({epoch - 1}) in {out_dir}; "
+                        f"loss became {row['loss']} in epoch {epoch}; kept the weights of the last finished epoch ({epoch - 1}) in {run}; "
                         "lower --learning-rate or choose another optimizer")
-                history.append(row)
-                last_good = trainer.state_on_host()
+                finished = trainer.state_on_host()
                 # History first: a resume trims it to the checkpoint's epoch, so a kill between the two is harmless.
-                write_history(out_dir / "history.csv", history)
-                save_checkpoint(out_dir / "checkpoint.npz", last_good, epoch)
+                run.write_history([*history, row])
+                run.save_checkpoint(finished.tree(), epoch)
+                history.append(row)
+                last_good = finished
                 log(format_epoch(row, config.epochs))
-            trainer.save(out_dir / "model.keras")
+            trainer.save(run.file(MODEL))
             test_loss, test_accuracy = trainer.evaluate(data.test_images, data.test_labels)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, WriteError) as stop:
+        interrupted = isinstance(stop, KeyboardInterrupt)
         if not history:  # nothing trained: no model to save, and the folder may be reused as it is
-            log("interrupted in epoch 1, before anything was saved; run the same command again to start over")
+            if interrupted:
+                log("interrupted in epoch 1, before anything was saved; run the same command again to start over")
             raise
-        trainer.state = last_good
-        trainer.save(out_dir / "model.keras")
-        log(f"interrupted; epochs 1-{len(history)} are saved; continue with: digitnet train --resume {out_dir}")
-        raise
+        trainer.state = last_good  # the weights of the last checkpoint
+        with contextlib.suppress(WriteError):  # the checkpoint is what resumes; the model is a convenience
+            trainer.save(run.file(MODEL))
+        saved = f"epochs 1-{len(history)} are saved; continue with: digitnet train --resume {run}"
+        if interrupted:
+            log(f"interrupted; {saved}")
+            raise
+        raise WriteError(f"{stop}; {saved} once there is room") from None
     metrics = {
         "test_accuracy": test_accuracy, "test_loss": test_loss,
         **({k: history[-1][k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")} if history else {}),
@@ -372,7 +304,10 @@ def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist 
         "n_train": len(splits.y_train), "n_val": len(splits.y_val), "n_test": len(data.test_labels),
         "device": jax.devices()[0].device_kind, "jax": jax.__version__, "keras": keras.__version__,
     }
-    write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    try:
+        run.write_json(METRICS, metrics)
+    except WriteError as err:
+        raise WriteError(f"{err}; the model is saved; write its metrics with: digitnet train --resume {run}") from None
     n_test = len(data.test_labels)
     log(f"Test set: loss {test_loss:.4f}, accuracy {round(test_accuracy * n_test)}/{n_test} ({100 * test_accuracy:.2f}%)")
     return metrics
@@ -404,13 +339,12 @@ class Trainer:
         # in the compilation cache, the two took about a second each, one after the other.
         self.optimizer = make_optimizer(config, self.steps)  # outside: it creates its step counter from a number
         with ThreadPoolExecutor(1) as pool:
-            with keras.StatelessScope(initialize_variables=False):
+            with initial_weights_drawn_together():
                 self.model = build_model(config)
                 compile_model(self.model, self.optimizer)
                 shapes = State(*(shapes_of(v) for v in (self.model.trainable_variables,
                                                          self.model.non_trainable_variables, self.optimizer.variables)))
                 compiling = pool.submit(compile_functions, self.model, self.optimizer, config, shapes, n_train, self.batch_size)
-            draw_deferred_weights()
             self.state = initial_state(self.model, self.optimizer)
             # The data lives on the device and enters the compiled function as arguments, never as constants.
             # (device_put, not jnp.asarray, which compiles a program per shape to copy the array in.)
