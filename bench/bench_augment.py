@@ -1,6 +1,6 @@
 """Time digitnet.augment.distort on this machine: per batch of 128, per epoch of 430 batches, and its parts.
 
-    .venv/bin/python bench/bench_augment.py [--reps 300] [--batch-size 128] [--mnist-dir DIR]
+    .venv/bin/python bench/bench_augment.py [--reps 300] [--batch-size 128] [--mnist-dir DIR] [--record docs/speed.md]
 
 Compares the candidate ways to sample the distorted grid bilinearly, side by side in one run:
   gather          4 neighbours by flat index (jnp.take_along_axis): what distort uses
@@ -36,6 +36,7 @@ from digitnet.augment import (
     uniform_noise,
 )
 from digitnet.config import TrainConfig
+from record import add_record_option, append_record, markdown_table  # bench/record.py
 
 MNIST_DIR = Path("/work/shared/data/mnist")  # IDX files as distributed, gzipped
 BATCHES_PER_EPOCH = 430  # 55,000 training images / 128 per batch
@@ -118,11 +119,16 @@ def microseconds_per_call(fn: Callable, args: tuple, reps: int, rounds: int = 5)
     return best_wall, best_cpu
 
 
-def _timing_row(name: str, step: Callable, key: jax.Array, images: jax.Array, reps: int) -> str:
-    """One table row: step timed as a jitted call per batch and as a scanned epoch."""
+def _timing_row(name: str, step: Callable, key: jax.Array, images: jax.Array, reps: int) -> tuple[str, str, str, str]:
+    """One table row: step timed as a jitted call per batch (us) and as a scanned epoch (wall and CPU ms)."""
     per_batch, _ = microseconds_per_call(jax.jit(step), (key, images), reps // 5)
     epoch_wall, epoch_cpu = microseconds_per_call(epoch_of(step, images), (key,), 1, rounds=EPOCH_REPS)
-    return f"{name:<26}{per_batch:>20.0f}{epoch_wall / 1e3:>18.0f}{epoch_cpu / 1e3:>18.0f}"
+    return name, f"{per_batch:.0f}", f"{epoch_wall / 1e3:.0f}", f"{epoch_cpu / 1e3:.0f}"
+
+
+def _print_row(row: tuple[str, str, str, str]) -> None:
+    name, per_batch, epoch_wall, epoch_cpu = row
+    print(f"{name:<26}{per_batch:>20}{epoch_wall:>18}{epoch_cpu:>18}")
 
 
 def load_batch(batch_size: int, mnist_dir: Path = MNIST_DIR) -> jax.Array:
@@ -136,22 +142,25 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=300, help="timed calls per method, in 5 rounds (default: 300)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per batch (default: 128)")
     parser.add_argument("--mnist-dir", type=Path, default=MNIST_DIR, help=f"MNIST IDX files (default: {MNIST_DIR})")
+    add_record_option(parser)
     args = parser.parse_args()
 
     config = TrainConfig(augment="elastic")
     images = load_batch(args.batch_size, args.mnist_dir)
     key = jax.random.key(0)
+    setting = (f"load average {os.getloadavg()[0]:.2f}; batch {args.batch_size}, best of 5 rounds of {args.reps // 5} calls, "
+               f"epoch = {BATCHES_PER_EPOCH} batches in one lax.scan, best of {EPOCH_REPS}")
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores "
-        f"({platform.processor() or platform.machine()}); "
-        f"load average {os.getloadavg()[0]:.2f}; batch {args.batch_size}, best of 5 rounds of {args.reps // 5} calls, "
-        f"epoch = {BATCHES_PER_EPOCH} batches in one lax.scan, best of {EPOCH_REPS}"
+        f"({platform.processor() or platform.machine()}); {setting}"
     )
     print(f"{'method':<26}{'us/batch (jit call)':>20}{'ms/epoch (scan)':>18}{'CPU ms/epoch':>18}")
     candidates = {name: (lambda s: lambda k, x: distort_with(s, k, x, config))(s) for name, s in SAMPLERS.items()}
     candidates = {"distort": lambda k, x: distort(k, x, config), **candidates}
+    methods = []
     for name, step in candidates.items():
-        print(_timing_row(name, step, key, images, args.reps))
+        methods.append(_timing_row(name, step, key, images, args.reps))
+        _print_row(methods[-1])
 
     print("parts of distort (both displacement components kept, so XLA drops neither):")
     batch = args.batch_size
@@ -164,8 +173,16 @@ def main() -> None:
         # A shift drawn per batch keeps XLA from hoisting an unchanging sampling out of the scan.
         "sampling (gather)": lambda k, x: bilinear_sample(x, rows + jax.random.uniform(k), cols),
     }
+    part_rows = []
     for name, step in parts.items():
-        print(_timing_row(name, step, key, images, args.reps))
+        part_rows.append(_timing_row(name, step, key, images, args.reps))
+        _print_row(part_rows[-1])
+    if args.record:
+        header = ["us/batch (jit call)", "ms/epoch (scan)", "CPU ms/epoch"]
+        append_record(args.record, [f"`distort` and its parts; {setting}.",
+                                    markdown_table(["method", *header], methods),
+                                    "Parts of `distort` (both displacement components kept, so XLA drops neither):",
+                                    markdown_table(["part", *header], part_rows)])
 
 
 if __name__ == "__main__":

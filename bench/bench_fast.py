@@ -8,7 +8,7 @@ last line, the test accuracy, is printed), and also to its exit (interpreter and
 - the anchor: the network a Keras user writes first, 784-512-10 ReLU with Adam and `model.fit` at Keras'
   default batch size of 32, for 7 epochs, then `model.evaluate` on the test set.
 
-    python bench/bench_fast.py [--seeds 0 1 2] [--anchor-runs 1] [--data-dir DIR]
+    python bench/bench_fast.py [--seeds 0 1 2] [--anchor-runs 1] [--data-dir DIR] [--record docs/speed.md]
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from record import add_record_option, append_record, markdown_table  # bench/record.py
 
 ANCHOR = """
 import os, sys
@@ -66,9 +68,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--anchor-runs", type=int, default=1)
     parser.add_argument("--data-dir", default=os.environ.get("DIGITNET_DATA", ""))
+    add_record_option(parser)
     args = parser.parse_args()
     env = {**os.environ, "DIGITNET_DATA": args.data_dir}
-    print(f"# {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+    load_before = os.getloadavg()[0]
+    print(f"# {os.cpu_count()} cores, load average {load_before:.2f}")
 
     runs: dict[str, list] = {"cold": [], "warm": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,9 +104,22 @@ def main() -> None:
     print(f"\n{'':14} {'mean s':>7} {'max s':>7} {'to exit':>8} {'test acc %':>16} {'n':>3}")
     for name, (mean, top, exit_mean, acc, spread, n) in rows.items():
         print(f"{name:14} {mean:7.2f} {top:7.2f} {exit_mean:8.2f} {acc:9.2f} +- {spread:.2f} {n:3d}")
-    for kind in ("cold", "warm"):
-        print(f"speed-up, {kind} (mean wall time, process start to test accuracy): "
-              f"{rows['keras anchor'][0] / rows[f'digitnet {kind}'][0]:.1f}x")
+    speed_ups = [f"speed-up, {kind} (mean wall time, process start to test accuracy): "
+                 f"{rows['keras anchor'][0] / rows[f'digitnet {kind}'][0]:.1f}x" for kind in ("cold", "warm")]
+    print("\n".join(speed_ups))
+    if args.record:
+        processes = [(f"digitnet {kind}", seed, f"{seconds:.2f} s", f"{exited:.2f} s", f"{100 * accuracy:.2f}%")
+                     for kind in ("cold", "warm") for seed, (seconds, exited, accuracy) in zip(args.seeds, runs[kind])]
+        processes += [("keras anchor", seed, f"{seconds:.2f} s", f"{exited:.2f} s", f"{100 * accuracy:.2f}%")
+                      for seed, (seconds, exited, accuracy) in enumerate(anchor)]
+        append_record(args.record, [
+            f"`--recipe fast` against the plain Keras anchor, each a fresh process; load average {load_before:.2f} before the run.",
+            markdown_table(["side", "mean to test accuracy", "max", "mean to exit", "test accuracy", "n"],
+                           [(name, f"{mean:.2f} s", f"{top:.2f} s", f"{exit_mean:.2f} s", f"{acc:.2f}% +- {spread:.2f}%", n)
+                            for name, (mean, top, exit_mean, acc, spread, n) in rows.items()]),
+            "\n".join(f"- {line}" for line in speed_ups),
+            markdown_table(["process", "seed", "to test accuracy", "to exit", "test accuracy"], processes)])
+
 
 if __name__ == "__main__":
     main()

@@ -24,7 +24,7 @@ it is a speed reference); the two servers take turns, --rounds times each, and t
 ratios of each round.
 
     python bench/bench_serve.py runs/RUN [--clients 32] [--requests 10000] [--max-seconds 30] [--workers 1]
-                                         [--rate R] [--anchor [--rounds 2]]
+                                         [--rate R] [--anchor [--rounds 2]] [--record docs/speed.md]
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from PIL import Image
 
 from digitnet.data import load_mnist
 from digitnet.evaluate import model_file
+from record import add_record_option, append_record, markdown_table  # bench/record.py
 
 CANVAS_SIZE = 280  # px, the drawing page's canvas
 # The anchor: a first FastAPI app around a Keras model, as its tutorials show it. (No access log, as in
@@ -105,6 +106,7 @@ def parse_args() -> argparse.Namespace:
                         help="requests per second the clients send between them on a fixed schedule (default: each as soon as answered)")
     parser.add_argument("--anchor", action="store_true", help="also load the plain FastAPI app (one process) and compare")
     parser.add_argument("--rounds", type=int, default=2, help="with --anchor: alternate the two servers this many times each")
+    add_record_option(parser)
     return parser.parse_args()
 
 
@@ -328,6 +330,15 @@ def report(name: str, latencies: list[float], errors: Counter, wall_s: float, ri
     print(f"  CPU ms per request: {per_request}")
 
 
+def table_row(name: str, latencies: list[float], errors: Counter, wall_s: float, right: int,
+              cpu_s: dict[str, float | None]) -> tuple:
+    """The figures of `report` for one server, as the cells of one row of the recorded table."""
+    ms = np.array(latencies) * 1000
+    per_request = {who: f"{1000 * s / len(ms):.2f} ms" if s is not None else "" for who, s in cpu_s.items()}
+    return (name, f"{len(ms) / wall_s:.0f}", *(f"{np.percentile(ms, q):.1f} ms" for q in (50, 90, 99)), f"{ms.max():.1f} ms",
+            sum(errors.values()), f"{100 * right / len(ms):.1f}%", per_request.get("server", ""), per_request.get("client", ""))
+
+
 def main() -> None:
     """Start the server, warm it up, measure, stop it."""
     args = parse_args()
@@ -351,15 +362,25 @@ def main() -> None:
     kind = "multipart uploads" if args.upload else "JSON data URLs"
     pace = (f"{args.rate:g} requests/s between them on a fixed schedule, latency from each request's due time"
             if args.rate else "each sending again as soon as answered")
-    print(f"load: {args.clients} clients, {kind} of {args.canvas_size}x{args.canvas_size} canvas PNGs, {pace}")
+    load = f"load: {args.clients} clients, {kind} of {args.canvas_size}x{args.canvas_size} canvas PNGs, {pace}"
+    print(load)
     for name, result in results:
         report(name, **result)
+    ratios = []
     if args.anchor:
         for round_, ((_, mine), (_, anchor)) in enumerate(zip(results[::2], results[1::2]), start=1):
             rate = [len(r["latencies"]) / r["wall_s"] for r in (mine, anchor)]
             p99 = [np.percentile(r["latencies"], 99) for r in (mine, anchor)]
-            print(f"round {round_}, digitnet / anchor: {rate[0] / rate[1]:.2f}x the requests per second, "
-                  f"{p99[0] / p99[1]:.2f}x the p99 latency")
+            ratios.append(f"round {round_}, digitnet / anchor: {rate[0] / rate[1]:.2f}x the requests per second, "
+                          f"{p99[0] / p99[1]:.2f}x the p99 latency")
+            print(ratios[-1])
+    if args.record:
+        rounds = args.anchor and args.rounds > 1
+        rows = [table_row(f"{name}, round {i // 2 + 1}" if rounds else name, **result) for i, (name, result) in enumerate(results)]
+        table = markdown_table(["server", "requests/s", "p50", "p90", "p99", "max", "errors", "right answers",
+                                "server CPU per request", "client CPU per request"], rows)
+        append_record(args.record, [f"{load[0].upper()}{load[1:]}; 1-minute load average {load_before:.2f} before the bench.",
+                                    table, *(["\n".join(f"- {line}" for line in ratios)] if ratios else [])])
 
 
 if __name__ == "__main__":

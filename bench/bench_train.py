@@ -5,7 +5,7 @@ sides (plain SGD and Adam, each at a constant 1e-3). Per-epoch times are steady 
 and both sides include the validation pass. The machine's float32 matrix-multiply rate is measured in the same
 run, to show how close an epoch comes to the floor that its arithmetic sets.
 
-    python bench/bench_train.py [--data-dir DIR] [--fit-epochs-bs1 3]
+    python bench/bench_train.py [--data-dir DIR] [--fit-epochs-bs1 3] [--record docs/speed.md]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from digitnet.config import TrainConfig
 from digitnet.data import load_mnist, split_validation
 from digitnet.model import build_model
 from digitnet.train import Trainer, make_optimizer, train_and_evaluate
+from record import add_record_option, append_record, markdown_table  # bench/record.py
 
 
 def matmul_gflops(m: int, k: int, n: int, seconds: float = 2.0) -> float:
@@ -95,17 +96,20 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--fit-epochs-bs1", type=int, default=3, help="fit epochs at batch size 1 (each ~20 s)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per side at batch size 128 and for the engine")
+    add_record_option(parser)
     args = parser.parse_args()
 
     mnist = load_mnist(args.data_dir)
     splits = split_validation(mnist, 5000, seed=0)
     n_train = len(splits.y_train)
+    load_before = os.getloadavg()[0]
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-          f"keras {keras.__version__}, load average {os.getloadavg()[0]:.2f}")
+          f"keras {keras.__version__}, load average {load_before:.2f}")
 
     peak = matmul_gflops(1024, 1024, 1024)
     shaped = matmul_gflops(128, 784, 128)
-    print(f"float32 matmul rate: {peak:.1f} GFLOP/s (1024^3), {shaped:.1f} GFLOP/s (128x784 @ 784x128)")
+    findings = [f"float32 matmul rate: {peak:.1f} GFLOP/s (1024^3), {shaped:.1f} GFLOP/s (128x784 @ 784x128)"]
+    print(findings[-1])
 
     rows = []
     for batch_size, optimizer, fit_epochs_n in ((1, "sgd", args.fit_epochs_bs1), (1, "adam", args.fit_epochs_bs1),
@@ -123,16 +127,18 @@ def main() -> None:
     # At batch size 1 Adam rewrites all its state for every sample: weights, both moments (read and write)
     # and the gradient (read), 7 float32 arrays of 101,770 values; the step time over those bytes is a bandwidth.
     adam_1 = rows[1][3] / n_train
-    print(f"\nbatch 1, Adam: {1e6 * adam_1:.1f} us per step; its dense update alone moves "
-          f"{7 * 4 * 101_770 / 1e6:.2f} MB per step = {7 * 4 * 101_770 / adam_1 / 1e9:.0f} GB/s")
+    findings.append(f"batch 1, Adam: {1e6 * adam_1:.1f} us per step; its dense update alone moves "
+                    f"{7 * 4 * 101_770 / 1e6:.2f} MB per step = {7 * 4 * 101_770 / adam_1 / 1e9:.0f} GB/s")
+    print("\n" + findings[-1])
 
     work = epoch_gflop(n_train)
     eng_128 = rows[3][3]
-    print(f"batch 128, Adam: {work:.1f} GFLOP per epoch; digitnet achieves {work / eng_128:.1f} GFLOP/s "
-          f"(the epoch time includes the validation pass)")
-    print(f"  floor at the 1024^3 matmul rate: {work / peak:.3f} s/epoch -> digitnet at {eng_128 / (work / peak):.2f}x it")
-    print(f"  floor at the 128x784 @ 784x128 matmul rate: {work / shaped:.3f} s/epoch -> digitnet at "
-          f"{eng_128 / (work / shaped):.2f}x it")
+    findings += [f"batch 128, Adam: {work:.1f} GFLOP per epoch; digitnet achieves {work / eng_128:.1f} GFLOP/s "
+                 f"(the epoch time includes the validation pass)",
+                 f"  floor at the 1024^3 matmul rate: {work / peak:.3f} s/epoch -> digitnet at {eng_128 / (work / peak):.2f}x it",
+                 f"  floor at the 128x784 @ 784x128 matmul rate: {work / shaped:.3f} s/epoch -> digitnet at "
+                 f"{eng_128 / (work / shaped):.2f}x it"]
+    print("\n".join(findings[-3:]))
 
     # End to end: a 10-epoch run from model construction to the test accuracy, both sides.
     started = time.perf_counter()
@@ -145,9 +151,22 @@ def main() -> None:
                        data=mnist, log=lambda _: None)
     engine_total = time.perf_counter() - started
     shutil.rmtree(out)
-    print(f"10 epochs end to end at batch 128: fit {model_test:.2f} s, digitnet {engine_total:.2f} s "
-          f"(both include compiling and the test evaluation; digitnet's also per-epoch checkpoints and model.keras) "
-          f"-> {model_test / engine_total:.1f}x")
+    findings.append(f"10 epochs end to end at batch 128: fit {model_test:.2f} s, digitnet {engine_total:.2f} s "
+                    f"(both include compiling and the test evaluation; digitnet's also per-epoch checkpoints and "
+                    f"model.keras) -> {model_test / engine_total:.1f}x")
+    print(findings[-1])
+
+    if args.record:
+        table = markdown_table(
+            ["batch", "optimizer", "`model.fit` s/epoch", "digitnet s/epoch", "speed-up", "compile",
+             "fit val_accuracy", "digitnet val_accuracy"],
+            [(batch_size, optimizer, f"{fit_s:.3f}", f"{eng_s:.3f}", f"{fit_s / eng_s:.1f}x", f"{compile_s:.2f} s",
+              f"{fit_val:.4f}", f"{eng_val:.4f}")
+             for batch_size, optimizer, fit_s, eng_s, compile_s, fit_val, eng_val in rows],
+            align="rlrrrrrr")
+        append_record(args.record, [f"784-128-10, steady state (first epoch left out on both sides); "
+                                    f"load average {load_before:.2f} before the run.",
+                                    table, "\n".join(f"- {line.strip()}" for line in findings)])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ of one seed and validation size hold out the same images; `--split validation` c
 counts of images every run and any run misreads say how many images two settings differ on).
 
     python bench/ensemble.py runs/deep-s0 runs/deep-s1 runs/deep-s2 [--data-dir DIR]
-    python bench/ensemble.py runs/deep-s0 runs/deep-mild-s0 --split validation
+    python bench/ensemble.py runs/deep-s0 runs/deep-mild-s0 --split validation [--record docs/results.md]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from digitnet.data import Mnist, load_mnist, split_validation
 from digitnet.errors import DigitnetError
 from digitnet.evaluate import load_run_model, predict_probabilities
 from digitnet.model import N_CLASSES
+from record import add_record_option, append_record, markdown_table  # bench/record.py
 
 
 def main() -> None:
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: DIGITNET_DATA or the cache)")
     parser.add_argument("--split", choices=("test", "validation"), default="test",
                         help="validation: the images the runs held out, for runs of one seed and validation size")
+    add_record_option(parser)
     args = parser.parse_args()
     if len(args.runs) < 2:
         parser.error("give two or more run folders")
@@ -46,10 +48,16 @@ def main() -> None:
         wrong.append(probabilities.argmax(1) != labels)
         print(f"{run}: {args.split} accuracy {100 * (1 - wrong[-1].mean()):.2f}% ({wrong[-1].sum()} errors)")
     # Averaging can only mend the images some runs read right; the overlap says how much room it has.
-    print(f"images every run misreads: {np.all(wrong, axis=0).sum()}; that any run misreads: {np.any(wrong, axis=0).sum()}")
+    overlap = f"images every run misreads: {np.all(wrong, axis=0).sum()}; that any run misreads: {np.any(wrong, axis=0).sum()}"
+    print(overlap)
     errors = np.sum(total.argmax(1) != labels)
     print(f"average of the {len(args.runs)} runs' probabilities: {args.split} accuracy {100 * (1 - errors / len(labels)):.2f}% "
           f"({errors} errors of {len(labels)})")
+    if args.record:
+        rows = [(f"`{run}`", f"{100 * (1 - misread.mean()):.2f}%", misread.sum()) for run, misread in zip(args.runs, wrong)]
+        rows.append((f"average of the {len(args.runs)} runs' probabilities", f"{100 * (1 - errors / len(labels)):.2f}%", errors))
+        append_record(args.record, [f"Committee on the {args.split} images ({len(labels):,}); {overlap}.",
+                                    markdown_table(["run", f"{args.split} accuracy", "errors"], rows)])
 
 
 def split_images(data: Mnist, runs: list[str]) -> tuple[np.ndarray, np.ndarray]:

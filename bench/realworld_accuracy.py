@@ -1,7 +1,7 @@
 """Accuracy on digits that are not MNIST's: digitnet's preprocessing against a plain resize.
 
     .venv/bin/python bench/realworld_accuracy.py MODEL [--n-fonts 1000] [--n-sklearn 500] [--seed 0]
-                                                [--failures DIR]
+                                                [--failures DIR] [--record docs/realworld.md]
 
 MODEL is a .keras file or a run folder holding model.keras. The images come from tests/realworld.py
 (handwriting fonts photographed on paper and boards; scikit-learn's 8x8 digits scanned), written to a
@@ -31,6 +31,7 @@ from digitnet.preprocess import preprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from realworld import available_fonts, generate  # noqa: E402  (lives beside the tests that use it)
+from record import add_record_option, append_record, markdown_table  # noqa: E402  (bench/record.py)
 
 
 def plain_resize(path: Path) -> np.ndarray:
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--n-sklearn", type=int, default=500, help="scikit-learn scans to generate (default: 500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated set (default: 0)")
     parser.add_argument("--failures", type=Path, default=None, help="write misread 28x28 inputs here as PNG")
+    add_record_option(parser)
     args = parser.parse_args()
 
     predict = make_predict_fn(load_model(args.model))
@@ -75,6 +77,7 @@ def main() -> None:
     print(f"fonts: {', '.join(fonts) or 'none installed, Pillow default'}")
     print(f"{'source':<9} {'n':>5} {'digitnet':>9} {'plain':>7} {'ms/image':>9}")
     totals = {"n": 0, "digitnet": 0, "plain": 0}
+    rows = []  # for --record
     with tempfile.TemporaryDirectory() as tmp:
         sets = generate(Path(tmp), n_fonts=args.n_fonts, n_sklearn=args.n_sklearn, seed=args.seed)
         for source, samples in sets.items():
@@ -84,6 +87,8 @@ def main() -> None:
             correct_ours, correct_plain = int((guess_ours == labels).sum()), int((guess_plain == labels).sum())
             print(f"{source:<9} {len(labels):>5} {correct_ours / len(labels):>9.3f} "
                   f"{correct_plain / len(labels):>7.3f} {seconds * 1000:>9.1f}")
+            rows.append((source, f"{len(labels):,}", f"{100 * correct_ours / len(labels):.1f}%",
+                         f"{100 * correct_plain / len(labels):.1f}%", f"{seconds * 1000:.1f}"))
             totals["n"] += len(labels)
             totals["digitnet"] += correct_ours
             totals["plain"] += correct_plain
@@ -91,6 +96,12 @@ def main() -> None:
                 save_failures(args.failures, source, ours, labels, guess_ours)
     n = totals["n"]
     print(f"{'overall':<9} {n:>5} {totals['digitnet'] / n:>9.3f} {totals['plain'] / n:>7.3f}")
+    if args.record:
+        rows.append(("all", f"{n:,}", f"{100 * totals['digitnet'] / n:.1f}%", f"{100 * totals['plain'] / n:.1f}%", ""))
+        append_record(args.record, [
+            f"Model `{args.model}`; generated set of seed {args.seed}; fonts: {', '.join(fonts) or 'none installed, Pillow default'}.",
+            markdown_table(["source", "n", "digitnet preprocessing", 'plain resize (`convert("L").resize((28, 28))`)',
+                            "digitnet ms/image"], rows)])
 
 
 if __name__ == "__main__":
