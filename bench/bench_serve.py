@@ -50,7 +50,7 @@ import numpy as np
 from PIL import Image
 
 from digitnet.data import load_mnist
-from digitnet.evaluate import model_file
+from digitnet.run import model_file
 from record import add_record_option, append_record, markdown_table  # bench/record.py
 
 CANVAS_SIZE = 280  # px, the drawing page's canvas

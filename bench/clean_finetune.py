@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from digitnet.config import TrainConfig
 from digitnet.data import load_mnist, split_validation
-from digitnet.evaluate import load_run_model
+from digitnet.model import load_model
 from digitnet.train import State, Trainer
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     config = run.replace(augment="none", learning_rate=args.learning_rate, epochs=args.epochs, schedule="cosine")
     splits = split_validation(load_mnist(args.data_dir), config.val_size, config.seed, config.train_size)
     trainer = Trainer(config, splits)
-    trained = load_run_model(args.run, compile=False)
+    trained = load_model(args.run, compile=False)
     trainer.state = State([jnp.asarray(v.numpy()) for v in trained.trainable_variables],
                           trainer.state.non_trainable, trainer.state.optimizer)
     print(f"{args.run}: validation accuracy {100 * trainer.evaluate(splits.x_val, splits.y_val)[1]:.2f}% as trained")

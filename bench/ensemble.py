@@ -23,7 +23,8 @@ import numpy as np
 from digitnet.config import TrainConfig
 from digitnet.data import Mnist, load_mnist, split_validation
 from digitnet.errors import DigitnetError
-from digitnet.evaluate import load_run_model, predict_probabilities
+from digitnet.evaluate import predict_probabilities
+from digitnet.model import load_model
 from digitnet.model import N_CLASSES
 from record import add_record_option, append_record, markdown_table  # bench/record.py
 
@@ -43,7 +44,7 @@ def main() -> None:
     total = np.zeros((len(labels), N_CLASSES))
     wrong = []  # per run, whether it misreads each image
     for run in args.runs:
-        probabilities = predict_probabilities(load_run_model(run, compile=False), images)
+        probabilities = predict_probabilities(load_model(run, compile=False), images)
         total += probabilities
         wrong.append(probabilities.argmax(1) != labels)
         print(f"{run}: {args.split} accuracy {100 * (1 - wrong[-1].mean()):.2f}% ({wrong[-1].sum()} errors)")

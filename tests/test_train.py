@@ -15,7 +15,7 @@ import digitnet.internals
 from digitnet import train
 from digitnet.errors import DigitnetError
 from digitnet.run import RunDir
-from digitnet.train import (Trainer, TrainingDiverged, eval_step, start_trainer, train_and_evaluate, train_epoch,
+from digitnet.train import (Callback, Trainer, TrainingDiverged, TrainingStopped, eval_step, start_trainer, train_and_evaluate, train_epoch,
                             train_step)
 
 SMALL = dict(train_size=1000, val_size=500, hidden=(32,))
@@ -304,3 +304,45 @@ def test_the_switch_for_private_internals_gives_the_same_run(mnist, tmp_path, mo
     without = train_and_evaluate(config, tmp_path / "without", data=mnist, log=lambda _: None)
     assert without["test_loss"] == with_internals["test_loss"]
     assert RunDir(tmp_path / "with").read_history()[-1]["loss"] == RunDir(tmp_path / "without").read_history()[-1]["loss"]
+
+
+class Recording(Callback):
+    """Notes what a run tells its callbacks; asks it to stop after epoch `stop_after`, if given."""
+
+    def __init__(self, progress_every: int = 0, stop_after: int | None = None) -> None:
+        self.progress_every, self.stop_after = progress_every, stop_after
+        self.events: list[tuple] = []
+
+    def on_train_begin(self, run, config, steps, first_epoch):
+        self.events.append(("begin", steps, first_epoch))
+
+    def on_progress(self, steps_done):
+        self.events.append(("progress", steps_done))
+
+    def on_epoch_end(self, row):
+        self.events.append(("epoch", row["epoch"]))
+        self.stop_training = row["epoch"] == self.stop_after
+
+    def on_train_end(self, metrics):
+        self.events.append(("end", metrics["epochs"]))
+
+
+def test_callbacks_hear_of_each_epoch_and_of_the_steps_inside_it(mnist, tmp_path):
+    config = TrainConfig(**SMALL, epochs=2, batch_size=100)  # 10 steps an epoch
+    heard = Recording(progress_every=4)
+    listened = train_and_evaluate(config, tmp_path / "a", data=mnist, log=lambda _: None, callbacks=[heard])
+    assert heard.events == [("begin", 10, 1), ("progress", 4), ("progress", 8), ("epoch", 1),
+                            ("progress", 4), ("progress", 8), ("epoch", 2), ("end", 2)]
+    plain = train_and_evaluate(config, tmp_path / "b", data=mnist, log=lambda _: None)
+    assert listened["test_loss"] == plain["test_loss"]  # listening to the steps changes no number
+
+
+def test_a_callback_stops_a_run_that_then_resumes_to_the_straight_result(mnist, tmp_path):
+    config = TrainConfig(**SMALL, epochs=3)
+    straight = train_and_evaluate(config, tmp_path / "straight", data=mnist, log=lambda _: None)
+    with pytest.raises(TrainingStopped, match=r"stopped after epoch 1; epochs 1-1 are saved; continue with"):
+        train_and_evaluate(config, tmp_path / "cut", data=mnist, log=lambda _: None, callbacks=[Recording(stop_after=1)])
+    assert (tmp_path / "cut/model.keras").is_file() and RunDir(tmp_path / "cut").holder() is None
+    heard = Recording()
+    resumed = train_and_evaluate(config, tmp_path / "cut", data=mnist, resume=True, log=lambda _: None, callbacks=[heard])
+    assert heard.events[0] == ("begin", 8, 2) and resumed["test_loss"] == straight["test_loss"]

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,48 @@ class State:
 
     def tree(self) -> tuple:
         return (self.trainable, self.non_trainable, self.optimizer)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the compiled epoch calls on the host every `every` steps, with the number of steps done so far."""
+
+    every: int
+    report: Callable[[int], None]
+
+    def __call__(self, done: jax.Array) -> None:
+        self.report(int(done))
+
+
+class Callback:
+    """Hooks into a training run, in the manner of Keras' callbacks: override what you need.
+
+    Set `stop_training = True` (from any thread) to end the run after the epoch under way: it stays resumable, as
+    after Ctrl-C. With `progress_every` > 0, `on_progress` is called every that many steps inside each epoch, on
+    a thread of JAX's, while the epoch runs.
+    """
+
+    stop_training = False
+    progress_every = 0
+
+    def on_train_begin(self, run: RunDir, config: TrainConfig, steps: int, first_epoch: int) -> None:
+        """The run is built and compiled; `steps` per epoch; `first_epoch` > 1 when resumed."""
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        pass
+
+    def on_progress(self, steps_done: int) -> None:
+        pass
+
+    def on_epoch_end(self, row: dict) -> None:
+        """An epoch ended and is saved: its row of history.csv."""
+
+    def on_train_end(self, metrics: dict) -> None:
+        """Training and the test evaluation are done: the metrics saved in metrics.json."""
+
+
+class TrainingStopped(DigitnetError):
+    """A callback asked the run to stop; what finished is saved and the run can be resumed."""
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -118,14 +160,16 @@ def train_step(network: keras.Model, optimizer: keras.optimizers.Optimizer, conf
 
 
 def train_epoch(network: keras.Model, optimizer: keras.optimizers.Optimizer, config: TrainConfig, batch_size: int,
-                state: tuple, images: jax.Array, labels: jax.Array, seed: jax.Array, epoch: jax.Array
-                ) -> tuple[tuple, jax.Array, jax.Array]:
+                state: tuple, images: jax.Array, labels: jax.Array, seed: jax.Array, epoch: jax.Array,
+                progress: Progress | None = None) -> tuple[tuple, jax.Array, jax.Array]:
     """One whole epoch, to be compiled: shuffle `images` (uint8 (N, 784)) and `labels`, scan `train_step` over
     all their batches; returns the new state, the mean loss and the accuracy over the epoch.
 
     Every sample is seen once per epoch, as with `fit`: the shuffled order is padded to whole batches and the
     padding carries weight 0, so the last, shorter batch is averaged over its real samples only. The random
     key comes from the seed and the epoch alone (`epoch_key`), so a resumed run repeats a straight one.
+    With `progress`, the host is told how many steps are done every `progress.every` steps, while the epoch runs
+    (the same numbers: only a call to the host is added).
     """
     n_train = labels.shape[0]
     steps = math.ceil(n_train / batch_size)
@@ -138,12 +182,16 @@ def train_epoch(network: keras.Model, optimizer: keras.optimizers.Optimizer, con
     step_keys = jax.random.split(augment_key, steps)
 
     def step(state, batch):
-        idx, w, k = batch
+        idx, w, k, *number = batch
         # Gather and scale inside the step: only one batch of float32 pixels exists at a time.
         x = images[idx].astype(jnp.float32) / 255.0
+        if progress is not None:
+            done = number[0] + 1
+            jax.lax.cond(done % progress.every == 0, lambda: jax.debug.callback(progress, done), lambda: None)
         return train_step(network, optimizer, config, state, (x, labels[idx], w, k))
 
-    state, (losses, corrects) = jax.lax.scan(step, state, (order, weights, step_keys))
+    steps_in = (order, weights, step_keys) + ((jnp.arange(steps),) if progress is not None else ())
+    state, (losses, corrects) = jax.lax.scan(step, state, steps_in)
     return state, jnp.sum(losses) / n_train, jnp.sum(corrects) / n_train
 
 
@@ -173,7 +221,7 @@ def evaluate_in_chunks(chunk_sums: Callable, state: State, images: np.ndarray, l
 
 
 def compile_functions(model: keras.Model, optimizer: keras.optimizers.Optimizer, config: TrainConfig, shapes: State,
-                      n_train: int, batch_size: int) -> tuple[Callable, Callable]:
+                      n_train: int, batch_size: int, progress: Progress | None = None) -> tuple[Callable, Callable]:
     """`train_epoch` and `eval_step` for this network, compiled from the shapes of the state alone (no weights
     needed); the evaluation comes wrapped by `evaluate_in_chunks`.
 
@@ -183,8 +231,8 @@ def compile_functions(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     """
     network = logits_model(model)
     data = (jax.ShapeDtypeStruct((n_train, N_PIXELS), np.uint8), jax.ShapeDtypeStruct((n_train,), np.int32))
-    epoch = jax.jit(partial(train_epoch, network, optimizer, config, batch_size), donate_argnums=0).lower(
-        shapes.tree(), *data, *epoch_numbers(0, 0))
+    epoch = jax.jit(partial(train_epoch, network, optimizer, config, batch_size, progress=progress),
+                    donate_argnums=0).lower(shapes.tree(), *data, *epoch_numbers(0, 0))
     chunk = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in
              (((EVAL_CHUNK, N_PIXELS), np.uint8), ((EVAL_CHUNK,), np.int32), ((EVAL_CHUNK,), np.float32))]
     evaluate = jax.jit(partial(eval_step, network)).lower(shapes.trainable, shapes.non_trainable, *chunk)
@@ -224,13 +272,14 @@ def format_epoch(row: dict, epochs: int) -> str:
 
 def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist | Callable[[], Mnist] | None = None,
                        data_dir: str | Path | None = None, resume: bool = False,
-                       log: Callable[[str], None] = print) -> dict:
+                       log: Callable[[str], None] = print, callbacks: Sequence[Callback] = ()) -> dict:
     """Train a model as the config says, checkpoint every epoch, evaluate on the test set; return the metrics.
 
     `data` is MNIST, or a function that returns it (called once the run folder is known to be usable, so a
     bad --out or --resume is reported before any wait for the data, and the folder is made only once the
     data is there). The run folder (see digitnet.run) is held by this process until the function returns, and
-    ends with config.json, history.csv, checkpoint.npz, model.keras and metrics.json.
+    ends with config.json, history.csv, checkpoint.npz, model.keras and metrics.json. `callbacks` are told of
+    each stage (see Callback); one may stop the run, which then raises TrainingStopped.
     """
     run = RunDir(out_dir)
     if resume:
@@ -245,34 +294,73 @@ def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist 
             run.check_new()  # again, now that no other process can start in it
             run.write_config(config)
             log(f"run folder: {run}")
-        return _train_in(run, config, data, resume, log)
+        splits = split_validation(data, config.val_size, config.seed, config.train_size)
+        trainer = start_trainer(config, splits, progress_of(callbacks))
+        history = resume_from_checkpoint(run, trainer, log) if resume else []
+        log(f"built and compiled in {trainer.compile_seconds:.2f} s ({trainer.steps} "
+            f"{'step' if trainer.steps == 1 else 'steps'} of {trainer.batch_size} per epoch)")
+        for callback in callbacks:
+            callback.on_train_begin(run, config, trainer.steps, len(history) + 1)
+        test_loss, test_accuracy = train_epochs(run, trainer, data, history, log, callbacks)
+        metrics = final_metrics(trainer, data, history, test_loss, test_accuracy)
+        try:
+            run.write_json(METRICS, metrics)
+        except WriteError as err:
+            raise WriteError(f"{err}; the model is saved; write its metrics with: digitnet train --resume {run}") from None
+        n_test = len(data.test_labels)
+        log(f"Test set: loss {test_loss:.4f}, accuracy {round(test_accuracy * n_test)}/{n_test} "
+            f"({100 * test_accuracy:.2f}%)")
+        for callback in callbacks:
+            callback.on_train_end(metrics)
+        return metrics
 
 
-def _train_in(run: RunDir, config: TrainConfig, data: Mnist, resume: bool, log: Callable[[str], None]) -> dict:
-    """train_and_evaluate's work, in a run folder this process holds."""
-    splits = split_validation(data, config.val_size, config.seed, config.train_size)
-    trainer = start_trainer(config, splits)
-    history, start = [], 1
-    saved = run.load_checkpoint(tuple(len(group) for group in trainer.state.tree()), log) if resume else None
-    if saved is not None:
-        groups, done = saved
-        trainer.state = State(*([jnp.asarray(a) for a in group] for group in groups))
-        history, start = run.read_history()[:done], done + 1
-        log(f"resuming {run} after epoch {done}" if done < config.epochs else
-            f"{run}: all {config.epochs} {'epoch was' if config.epochs == 1 else 'epochs were'} done before; evaluating it again")
-    log(f"built and compiled in {trainer.compile_seconds:.2f} s ({trainer.steps} {'step' if trainer.steps == 1 else 'steps'} "
-        f"of {trainer.batch_size} per epoch)")
+def progress_of(callbacks: Sequence[Callback]) -> Progress | None:
+    """What the compiled epoch reports to the callbacks that want to hear of steps, or None if none does."""
+    listening = [callback for callback in callbacks if callback.progress_every > 0]
+    if not listening:
+        return None
+
+    def report(steps_done: int) -> None:
+        for callback in listening:
+            callback.on_progress(steps_done)
+
+    return Progress(min(callback.progress_every for callback in listening), report)
+
+
+def resume_from_checkpoint(run: RunDir, trainer: Trainer, log: Callable[[str], None]) -> list[dict]:
+    """Load the run's latest good checkpoint into the trainer; the history up to it (empty if it has none)."""
+    saved = run.load_checkpoint(tuple(len(group) for group in trainer.state.tree()), log)
+    if saved is None:
+        return []
+    groups, done = saved
+    trainer.state = State(*([jnp.asarray(a) for a in group] for group in groups))
+    epochs = trainer.config.epochs
+    log(f"resuming {run} after epoch {done}" if done < epochs else
+        f"{run}: all {epochs} {'epoch was' if epochs == 1 else 'epochs were'} done before; evaluating it again")
+    return run.read_history()[:done]
+
+
+def train_epochs(run: RunDir, trainer: Trainer, data: Mnist, history: list[dict], log: Callable[[str], None],
+                 callbacks: Sequence[Callback]) -> tuple[float, float]:
+    """The epochs not yet in `history` (which grows), each saved as it ends; then the model and its test scores.
+
+    Ctrl-C, a failed write or a callback's stop end it with what finished saved and the run resumable.
+    """
+    config = trainer.config
     last_good = trainer.state_on_host()
     try:
         with saves_on_ctrl_c():
-            for epoch in range(start, config.epochs + 1):
+            for epoch in range(len(history) + 1, config.epochs + 1):
+                for callback in callbacks:
+                    callback.on_epoch_begin(epoch)
                 row = trainer.run_epoch(epoch)
                 if not all(math.isfinite(row[k]) for k in ("loss", "val_loss")):
                     trainer.state = last_good
                     trainer.save(run.file(MODEL))
                     raise TrainingDiverged(
-                        f"loss became {row['loss']} in epoch {epoch}; kept the weights of the last finished epoch ({epoch - 1}) in {run}; "
-                        "lower --learning-rate or choose another optimizer")
+                        f"loss became {row['loss']} in epoch {epoch}; kept the weights of the last finished epoch "
+                        f"({epoch - 1}) in {run}; lower --learning-rate or choose another optimizer")
                 finished = trainer.state_on_host()
                 # History first: a resume trims it to the checkpoint's epoch, so a kill between the two is harmless.
                 run.write_history([*history, row])
@@ -280,43 +368,46 @@ def _train_in(run: RunDir, config: TrainConfig, data: Mnist, resume: bool, log: 
                 history.append(row)
                 last_good = finished
                 log(format_epoch(row, config.epochs))
+                for callback in callbacks:
+                    callback.on_epoch_end(row)
+                if any(callback.stop_training for callback in callbacks) and epoch < config.epochs:
+                    raise TrainingStopped(f"stopped after epoch {epoch}")
             trainer.save(run.file(MODEL))
-            test_loss, test_accuracy = trainer.evaluate(data.test_images, data.test_labels)
-    except (KeyboardInterrupt, WriteError) as stop:
-        interrupted = isinstance(stop, KeyboardInterrupt)
+            return trainer.evaluate(data.test_images, data.test_labels)
+    except (KeyboardInterrupt, WriteError, TrainingStopped) as stop:
         if not history:  # nothing trained: no model to save, and the folder may be reused as it is
-            if interrupted:
+            if isinstance(stop, KeyboardInterrupt):
                 log("interrupted in epoch 1, before anything was saved; run the same command again to start over")
             raise
         trainer.state = last_good  # the weights of the last checkpoint
         with contextlib.suppress(WriteError):  # the checkpoint is what resumes; the model is a convenience
             trainer.save(run.file(MODEL))
         saved = f"epochs 1-{len(history)} are saved; continue with: digitnet train --resume {run}"
-        if interrupted:
+        if isinstance(stop, KeyboardInterrupt):
             log(f"interrupted; {saved}")
             raise
+        if isinstance(stop, TrainingStopped):
+            log(f"{stop}; {saved}")
+            raise TrainingStopped(f"{stop}; {saved}") from None
         raise WriteError(f"{stop}; {saved} once there is room") from None
-    metrics = {
+
+
+def final_metrics(trainer: Trainer, data: Mnist, history: list[dict], test_loss: float, test_accuracy: float) -> dict:
+    """What metrics.json holds: the test scores, the last epoch's, the network's size, times and versions."""
+    return {
         "test_accuracy": test_accuracy, "test_loss": test_loss,
         **({k: history[-1][k] for k in ("loss", "accuracy", "val_loss", "val_accuracy")} if history else {}),
         "epochs": len(history), "params": trainer.model.count_params(),
         "train_seconds": sum(row["seconds"] for row in history), "compile_seconds": trainer.compile_seconds,
-        "n_train": len(splits.y_train), "n_val": len(splits.y_val), "n_test": len(data.test_labels),
+        "n_train": len(trainer.splits.y_train), "n_val": len(trainer.splits.y_val), "n_test": len(data.test_labels),
         "device": jax.devices()[0].device_kind, "jax": jax.__version__, "keras": keras.__version__,
     }
-    try:
-        run.write_json(METRICS, metrics)
-    except WriteError as err:
-        raise WriteError(f"{err}; the model is saved; write its metrics with: digitnet train --resume {run}") from None
-    n_test = len(data.test_labels)
-    log(f"Test set: loss {test_loss:.4f}, accuracy {round(test_accuracy * n_test)}/{n_test} ({100 * test_accuracy:.2f}%)")
-    return metrics
 
 
-def start_trainer(config: TrainConfig, splits: Splits) -> "Trainer":
+def start_trainer(config: TrainConfig, splits: Splits, progress: Progress | None = None) -> Trainer:
     """The Trainer for a config; a network too big for this machine's memory is a DigitnetError, not a traceback."""
     try:
-        return Trainer(config, splits)
+        return Trainer(config, splits, progress)
     except (MemoryError, jax.errors.JaxRuntimeError) as err:
         if isinstance(err, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" not in str(err):
             raise
@@ -327,7 +418,7 @@ def start_trainer(config: TrainConfig, splits: Splits) -> "Trainer":
 class Trainer:
     """A Keras model, its optimizer and the compiled epoch and evaluation functions, for one config."""
 
-    def __init__(self, config: TrainConfig, splits: Splits):
+    def __init__(self, config: TrainConfig, splits: Splits, progress: Progress | None = None):
         self.config, self.splits = config, splits
         n_train = len(splits.y_train)
         self.batch_size = config.resolve_batch_size(n_train)
@@ -344,7 +435,8 @@ class Trainer:
                 compile_model(self.model, self.optimizer)
                 shapes = State(*(shapes_of(v) for v in (self.model.trainable_variables,
                                                          self.model.non_trainable_variables, self.optimizer.variables)))
-                compiling = pool.submit(compile_functions, self.model, self.optimizer, config, shapes, n_train, self.batch_size)
+                compiling = pool.submit(compile_functions, self.model, self.optimizer, config, shapes, n_train,
+                                        self.batch_size, progress)
             self.state = initial_state(self.model, self.optimizer)
             # The data lives on the device and enters the compiled function as arguments, never as constants.
             # (device_put, not jnp.asarray, which compiles a program per shape to copy the array in.)
