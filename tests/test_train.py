@@ -178,7 +178,7 @@ def test_a_file_as_run_folder_is_a_one_line_error(mnist, tmp_path):
 def test_a_network_too_big_for_memory_is_a_one_line_error(mnist, monkeypatch):
     import jax
 
-    def exhausted(self, config, splits):
+    def exhausted(self, config, splits, progress=None):
         raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 627200000000 bytes.")
 
     monkeypatch.setattr(Trainer, "__init__", exhausted)
