@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from digitnet.run import RunDir
 
@@ -189,3 +190,64 @@ def test_command_freezes_the_heap_on_its_way_out_even_on_errors(monkeypatch):
     with pytest.raises(SystemExit):
         entry.run()
     assert frozen == [True]
+
+
+# Two processes, one folder ------------------------------------------------------------------------
+
+
+def start_training(run: Path, mnist_dir: Path, *flags: str) -> subprocess.Popen:
+    """A `digitnet train` in the background, returned once it holds its run folder."""
+    env = {**os.environ, "DIGITNET_DATA": str(mnist_dir)}
+    args = ["--resume", str(run)] if flags == ("--resume",) else [*flags, "--out", str(run)]
+    process = subprocess.Popen([sys.executable, "-m", "digitnet", "train", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while RunDir(run).holder() != process.pid and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert RunDir(run).holder() == process.pid, "the training never claimed its folder"
+    return process
+
+
+LONG_FLAGS = [*SMALL_FLAGS, "--train-size", "20000", "--epochs", "40"]  # seconds: long enough to be caught mid-run
+
+
+def test_a_second_train_on_a_folder_in_use_is_refused_and_neither_run_loses_anything(tmp_path, mnist_dir):
+    run = tmp_path / "x"
+    first = start_training(run, mnist_dir, *LONG_FLAGS)
+    second = digitnet("train", "--hidden", "64", "--epochs", "1", "--out", str(run), mnist_dir=mnist_dir)
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert f"a run is still training here (process {first.pid})" in second.stderr
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert RunDir(run).read_config().hidden == (32,) and len(RunDir(run).read_history()) == 40
+    assert json.loads((run / "metrics.json").read_text())["test_accuracy"] > 0.5
+
+
+def test_two_resumes_of_one_run_train_it_once(tmp_path, mnist_dir):
+    run = tmp_path / "x"
+    done = digitnet("train", *SMALL_FLAGS, "--epochs", "1", "--out", str(run), mnist_dir=mnist_dir)
+    assert done.returncode == 0, done.stderr
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "epochs": 40, "train_size": 20000}))  # more to do
+    (run / "metrics.json").unlink()
+    first = start_training(run, mnist_dir, "--resume")
+    second = digitnet("train", "--resume", str(run), mnist_dir=mnist_dir)
+    assert second.returncode == 2 and f"(process {first.pid})" in second.stderr and second.stderr.count("\n") == 1
+    first.communicate(timeout=300)
+    assert first.returncode == 0
+    assert [row["epoch"] for row in RunDir(run).read_history()] == list(range(1, 41))
+
+
+def test_evaluate_report_and_predict_wait_for_a_run_still_training(tmp_path, mnist_dir):
+    run = tmp_path / "x"
+    drawing = tmp_path / "one.png"
+    Image.new("L", (50, 50), 255).save(drawing)
+    first = start_training(run, mnist_dir, *LONG_FLAGS, "--epochs", "1000")  # killed below, long before its end
+    try:
+        for command in (["evaluate", str(run)], ["report", str(run)], ["predict", str(run), str(drawing)]):
+            done = digitnet(*command, mnist_dir=mnist_dir)
+            assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+            assert f"a run is still training here (process {first.pid})" in done.stderr
+    finally:
+        first.kill()
+        first.wait()

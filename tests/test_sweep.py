@@ -14,6 +14,7 @@ import pytest
 import digitnet.train
 from digitnet.config import TrainConfig
 from digitnet.errors import DigitnetError
+from digitnet.run import RunDir
 from digitnet.sweep import (RESULT_COLUMNS, ResultsStore, SweepConfig, Trial, cell_table, core_shares, count_params,
                             format_summary, import_ray, prepare_sweep_dir, read_results, run_sweep,
                             width_gain_stop)
@@ -294,3 +295,22 @@ def test_cli_sweep_end_to_end(tmp_path, mnist_dir):
     other = digitnet(*flags[:-1], "3")
     assert other.returncode == 2 and other.stderr.startswith("digitnet: error: ") and "epochs: saved 1, given 3" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
+
+
+def test_two_sweeps_on_one_folder_divide_the_trials_and_count_each_once(tmp_path, mnist_dir):
+    env = {**os.environ, "DIGITNET_DATA": str(mnist_dir)}
+    flags = ["--width", "8", "--width", "16", "--depth", "1", "--depth", "2", "--seeds", "2", "--train-size", "2000",
+             "--val-size", "200", "--epochs", "2", "--batch-size", "32"]
+    command = [sys.executable, "-m", "digitnet", "sweep", str(tmp_path / "s"), *flags]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(2)]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    trained = [line.split()[1] for out, _ in outputs for line in out.splitlines() if line.lstrip()[:1].isdigit()
+               and "/8 " in line]
+    assert len(trained) == len(set(trained)) == 8, f"each trial trained once between them: {sorted(trained)}"
+    rows = read_results(tmp_path / "s" / "results.csv")
+    assert len(rows) == 8 and (tmp_path / "s" / "results.csv").read_text().count("\n") == 9  # header and 8 rows
+    assert {cell["n"] for cell in cell_table(rows)} == {2}
+    for row in rows:  # each trial ran its epochs once: a second training would have resumed or repeated them
+        assert len(RunDir(tmp_path / "s" / "runs" / row["trial_id"]).read_history()) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from digitnet.data import split_validation
 import digitnet.internals
 from digitnet import train
 from digitnet.errors import DigitnetError
+from digitnet.files import WriteError
 from digitnet.run import RunDir
 from digitnet.train import (Callback, Trainer, TrainingDiverged, TrainingStopped, eval_step, start_trainer, train_and_evaluate, train_epoch,
                             train_step)
@@ -346,3 +348,40 @@ def test_a_callback_stops_a_run_that_then_resumes_to_the_straight_result(mnist, 
     heard = Recording()
     resumed = train_and_evaluate(config, tmp_path / "cut", data=mnist, resume=True, log=lambda _: None, callbacks=[heard])
     assert heard.events[0] == ("begin", 8, 2) and resumed["test_loss"] == straight["test_loss"]
+
+
+def test_a_full_disk_mid_run_is_one_line_and_the_run_resumes_once_there_is_room(mnist, tmp_path, monkeypatch):
+    config = TrainConfig(**SMALL, epochs=3)
+    straight = train_and_evaluate(config, tmp_path / "straight", data=mnist, log=lambda _: None)
+    real_savez, calls = np.savez, []
+
+    def savez_on_a_full_disk(file, *args, **kwargs):
+        calls.append(file)
+        if len(calls) == 2:  # the checkpoint of epoch 2: half written, then the disk is full
+            Path(file).write_bytes(b"PK\x03\x04 half")
+            raise OSError(28, "No space left on device")
+        return real_savez(file, *args, **kwargs)
+
+    monkeypatch.setattr(np, "savez", savez_on_a_full_disk)
+    with pytest.raises(WriteError) as info:
+        train_and_evaluate(config, tmp_path / "full", data=mnist, log=lambda _: None)
+    message = str(info.value)
+    assert message.startswith(f"cannot write {tmp_path / 'full' / 'checkpoint.npz'}: No space left on device; ")
+    assert "epochs 1-1 are saved; continue with: digitnet train --resume" in message and "\n" not in message
+    assert not list((tmp_path / "full").glob(".*part*")), "a partial file was left behind"
+    monkeypatch.undo()
+    resumed = train_and_evaluate(config, tmp_path / "full", data=mnist, resume=True, log=lambda _: None)
+    assert resumed["test_loss"] == straight["test_loss"]
+
+
+def test_a_damaged_checkpoint_resumes_from_the_one_before(mnist, tmp_path):
+    config = TrainConfig(**SMALL, epochs=3)
+    straight = train_and_evaluate(config, tmp_path / "straight", data=mnist, log=lambda _: None)
+    with pytest.raises(TrainingStopped):
+        train_and_evaluate(config, tmp_path / "cut", data=mnist, log=lambda _: None, callbacks=[Recording(stop_after=2)])
+    checkpoint = tmp_path / "cut" / "checkpoint.npz"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # truncated
+    lines = []
+    resumed = train_and_evaluate(config, tmp_path / "cut", data=mnist, resume=True, log=lines.append)
+    assert "checkpoint.npz is damaged (File is not a zip file); resuming from checkpoint.prev.npz, after epoch 1" in lines
+    assert resumed["test_loss"] == straight["test_loss"]

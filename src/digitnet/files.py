@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -38,12 +39,13 @@ class WriteError(DigitnetError):
 def write_atomic(path: Path, content: bytes | str | Callable[[Path], None]) -> None:
     """Write bytes, text, or whatever `content(tmp_path)` writes, to a temporary file, then rename it over `path`.
 
-    The temporary name keeps the suffix, since some writers (Keras' model.save, numpy's savez) go by it. A write
+    The temporary name keeps the suffix, since some writers (Keras' model.save, numpy's savez) go by it, and names
+    the process and thread, so that two writing the same file (two sweeps' summaries) never share one. A write
     that fails (a full disk, say) removes the temporary file, leaves `path` as it was, and raises WriteError
     naming the file and the reason.
     """
     path = Path(path)
-    part = path.with_name(f".{path.stem}.part{path.suffix}")
+    part = path.with_name(f".{path.stem}.part-{os.getpid()}-{threading.get_ident()}{path.suffix}")
     try:
         if isinstance(content, bytes):
             part.write_bytes(content)

@@ -17,6 +17,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from digitnet.config import TrainConfig
+from digitnet.files import WriteError, write_atomic
 from digitnet.sweep.stats import MIN_SEEDS, best_cell, cell_groups, counted, layers
 
 DPI = 120  # 120 dots per inch: sharp in a browser at 100% zoom, PNGs stay under ~200 kB
@@ -288,11 +289,16 @@ def plot_per_class(
     return _save(fig, path)
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    """Write the figure as a PNG, creating its folder, and return the path."""
+def _save(fig: Figure, path: Path, tight: bool = True) -> Path:
+    """Write the figure as a PNG (whole, or not at all), creating its folder, and return the path; `tight` crops
+    it to what is drawn (a figure with a constrained layout fits itself)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight", facecolor="white")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(f"cannot create {path.parent}: {err.strerror or err}") from None
+    options = {"bbox_inches": "tight"} if tight else {}
+    write_atomic(path, lambda part: fig.savefig(part, format="png", facecolor="white", **options))
     return path
 
 
@@ -319,10 +325,7 @@ def plot_sweep(cells: Sequence[dict], path: Path) -> Path:
     seeds = counted(n_seeds[0], "seed") if len(n_seeds) == 1 else f"{'/'.join(map(str, n_seeds))} seeds"
     fig.suptitle(f"Neurons x hidden layers: {counted(sum(c['n'] for c in cells), 'trial')}, "
                  f"{seeds} per cell; outlined: best cell by validation accuracy", fontsize=13)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", facecolor="white")
-    return path
+    return _save(fig, path, tight=False)
 
 
 def _grid(group: Sequence[dict], key: str) -> tuple[list[int], list[int], Any]:

@@ -50,7 +50,11 @@ _claimed: dict[Path, int] = {}  # the folders this process holds, and the descri
 
 
 class RunInUse(DigitnetError):
-    """Another process is training in the run folder."""
+    """Another process is training in the run folder (`pid`, when known)."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,8 @@ class RunDir:
         """RunInUse when another process is training in this folder: its files are not all written yet."""
         pid = self.holder()
         if pid is not None and pid != os.getpid():
-            raise RunInUse(f"{self.path}: a run is still training here ({_process(pid)}); "
-                           "wait for it to finish, or stop it (Ctrl-C) and continue it later with --resume")
+            raise RunInUse(f"{self.path}: a run is still training here ({describe_process(pid)}); "
+                           "wait for it to finish, or stop it (Ctrl-C) and continue it later with --resume", pid)
 
     @contextlib.contextmanager
     def claim(self) -> Iterator[None]:
@@ -116,8 +120,8 @@ class RunDir:
         except BlockingIOError:
             pid = _pid_in(fd)
             os.close(fd)
-            raise RunInUse(f"{self.path}: in use by {_process(pid)}, which is training in it; wait for it to end, "
-                           "or choose another folder") from None
+            raise RunInUse(f"{self.path}: in use by {describe_process(pid)}, which is training in it; wait for it to end, "
+                           "or choose another folder", pid) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         _claimed[key] = fd
@@ -293,7 +297,8 @@ def _pid_in(fd: int) -> int | None:
         return None
 
 
-def _process(pid: int | None) -> str:
+def describe_process(pid: int | None) -> str:
+    """'process 123', or 'another process' when its id is not known."""
     return f"process {pid}" if pid and pid > 0 else "another process"
 
 

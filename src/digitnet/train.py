@@ -378,6 +378,9 @@ def train_epochs(run: RunDir, trainer: Trainer, data: Mnist, history: list[dict]
         if not history:  # nothing trained: no model to save, and the folder may be reused as it is
             if isinstance(stop, KeyboardInterrupt):
                 log("interrupted in epoch 1, before anything was saved; run the same command again to start over")
+            if isinstance(stop, WriteError):
+                raise WriteError(f"{stop}; nothing is saved yet; once there is room, start it again with: "
+                                 f"digitnet train --resume {run}") from None
             raise
         trainer.state = last_good  # the weights of the last checkpoint
         with contextlib.suppress(WriteError):  # the checkpoint is what resumes; the model is a convenience

@@ -62,7 +62,7 @@ class Recorder:
             self.log(f"{outcome['trial_id']}: failed: {outcome['error']}")
         elif "busy" in outcome:
             self.busy.append(outcome["trial_id"])
-            self.log(f"{outcome['trial_id']}: left to the process that holds it ({outcome['busy']})")
+            self.log(f"{outcome['trial_id']}: left to another sweep: {outcome['busy']}")
         else:
             self.done += 1
             self.log(format_row(outcome, self.id_width, f"{self.done}/{self.total}"))

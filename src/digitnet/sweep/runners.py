@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from digitnet.config import ConfigError, TrainConfig
 from digitnet.errors import DigitnetError
-from digitnet.run import CONFIG, LOCK, RunDir, RunInUse
+from digitnet.run import CONFIG, LOCK, RunDir, RunInUse, describe_process
 from digitnet.sweep.grid import Trial, largest_first
 from digitnet.sweep.store import TUNE_DIR, ResultsStore, run_dir
 
@@ -53,7 +53,7 @@ def run_trial(trial: Trial, base: TrainConfig, sweep_dir: Path, *, data: Mnist |
     store = ResultsStore.of(sweep_dir)
     with RunDir(out_dir).claim():
         if trial.trial_id in store.finished():
-            raise RunInUse(f"{trial.trial_id}: finished by another process")
+            raise RunInUse("finished by another process")
         started = time.perf_counter()
         metrics = train_and_evaluate(config, out_dir, data=data, data_dir=data_dir, resume=resumable(out_dir, config),
                                      log=lambda _: None)
@@ -96,7 +96,7 @@ def attempt_trial(trial: Trial, base: TrainConfig, sweep_dir: Path, data: Mnist 
     try:
         return run_trial(trial, base, sweep_dir, data=data, record=record)
     except RunInUse as err:
-        return {"trial_id": trial.trial_id, "busy": str(err)}
+        return {"trial_id": trial.trial_id, "busy": f"trained by {describe_process(err.pid)}" if err.pid else str(err)}
     except DigitnetError as err:
         return {"trial_id": trial.trial_id, "error": str(err)}
 
