@@ -220,6 +220,7 @@ def test_describe_reports_layers_parameters_and_test_accuracy(predictor):
     assert [(layer["name"], layer["units"]) for layer in info["layers"]] == [("input", 784), ("hidden_1", 16), ("output", 10)]
     assert info["parameters"] == 784 * 16 + 16 + 16 * 10 + 10
     assert info["test_accuracy"] == UNTRAINED_TEST_ACCURACY
+    assert info["run"] == predictor.path.parent.name and str(predictor.path.parent) not in json.dumps(info)
     json.dumps(info)  # served as JSON by /model
 
 

@@ -24,10 +24,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
 from digitnet.config import TrainConfig
+from digitnet.machine import available_cores
 from digitnet.model import build_model
 from digitnet.predict import Predictor
 from digitnet.serve import MAX_BODY_BYTES, BatchedReader, create_app, hand_out_connections, listen_socket, loaded_app, predict_image
@@ -242,11 +245,14 @@ def test_junk_never_makes_it_answer_500(client):
     assert client.get("/healthz").status_code == 200
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_serve_command_answers_on_loopback_and_stops_on_interrupt(run_dir, workers):
+@pytest.mark.parametrize("workers, public_api_only", [(1, False), (2, False), (2, True), (None, False)],
+                         ids=["one worker", "two workers", "two workers, public API only", "one per core"])
+def test_serve_command_answers_on_loopback_and_stops_on_interrupt(run_dir, workers, public_api_only):
     # --port 0: the system picks a free port, and the first line names it
-    command = [sys.executable, "-m", "digitnet", "serve", str(run_dir), "--port", "0", "--workers", str(workers)]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [sys.executable, "-m", "digitnet", "serve", str(run_dir), "--port", "0"]
+    command += ["--workers", str(workers)] if workers else []
+    env = {**os.environ, "DIGITNET_PUBLIC_API_ONLY": "1" if public_api_only else "0"}
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines = []
     try:
         while not (found := re.search(r"serving on http://127\.0\.0\.1:(\d+)", lines[-1] if lines else "")):
@@ -268,7 +274,7 @@ def test_serve_command_answers_on_loopback_and_stops_on_interrupt(run_dir, worke
         server.send_signal(signal.SIGINT)
         output = "".join(lines) + server.communicate(timeout=30)[0]
     assert server.returncode == 0, output
-    assert len(re.findall(r"Started server process", output)) == workers, output
+    assert len(re.findall(r"Started server process", output)) == (workers or available_cores()), output
 
 
 def test_connections_are_handed_to_the_workers_in_turn():
@@ -395,3 +401,24 @@ def test_a_failing_forward_pass_fails_each_waiting_request(predictor):
     reader = BatchedReader(CountingPredictor(predictor, error=RuntimeError("broken")))
     answers = read_together(reader, [canvas_png(), canvas_png(), b"junk"])
     assert [str(answer) for answer in answers[:2]] == ["broken", "broken"] and answers[2].status_code == 422
+
+
+# Header values a client can send: visible ASCII and spaces (HTTP forbids control characters in them).
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
+CONTENT_TYPES = st.one_of(st.sampled_from(["application/json", "multipart/form-data", "image/png", "text/plain", ""]),
+                          st.builds("multipart/form-data; boundary={}".format, HEADER_TEXT), HEADER_TEXT)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(st.binary(max_size=2000), st.builds(lambda v: json.dumps({"image": v}).encode(), st.text()),
+                      st.builds(lambda v: json.dumps(v).encode(), st.recursive(
+                          st.none() | st.booleans() | st.floats() | st.text(max_size=20),
+                          lambda children: st.lists(children) | st.dictionaries(st.text(max_size=5), children)))),
+       content_type=CONTENT_TYPES,
+       extra=st.dictionaries(st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,15}", fullmatch=True), HEADER_TEXT, max_size=3))
+def test_any_body_headers_and_content_type_get_200_or_a_4xx(client, body, content_type, extra):
+    headers = {**{k: v for k, v in extra.items() if k.lower() not in ("content-length", "transfer-encoding", "host")},
+               "content-type": content_type}
+    response = client.post("/predict", content=body, headers=headers)
+    assert response.status_code == 200 or 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert response.status_code == 200 or "detail" in response.json()

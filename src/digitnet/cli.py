@@ -22,6 +22,7 @@ from digitnet.config import (ACTIVATIONS, AUGMENTATIONS, FULL_BATCH, MAX_SEED, O
 from digitnet.errors import DigitnetError
 from digitnet.files import use_compilation_cache
 from digitnet.internals import hide_optional_imports_from_keras
+from digitnet.machine import available_cores
 
 app = typer.Typer(
     help="Train, study and serve neural networks that read handwritten digits (MNIST).",
@@ -228,13 +229,13 @@ def serve(
     ),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on; 0.0.0.0 makes the page reachable from other machines."),
     port: int = typer.Option(8000, help="TCP port to listen on."),
-    workers: int = typer.Option(1, help="Server processes, each with its own copy of the model, given connections in turn; one uses one core."),
+    workers: Optional[int] = typer.Option(None, help="Server processes, each with its own copy of the model, given connections in turn; one uses one core. (default: one per core this process may use)", show_default=False),
 ) -> None:
     """Serve a drawing page at / and a prediction API at /predict, /model and /healthz."""
     # Imported here so that `digitnet --help` does not wait for JAX, Keras and the web stack to load.
     from digitnet.serve import run_server
 
-    run_server(model, host=host, port=port, workers=workers)
+    run_server(model, host=host, port=port, workers=available_cores() if workers is None else workers)
 
 
 def main() -> None:

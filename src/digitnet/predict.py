@@ -17,7 +17,7 @@ from PIL import Image
 from digitnet.errors import DigitnetError
 from digitnet.model import N_CLASSES, layer_sizes, load_model, make_numpy_predict_fn, make_predict_fn
 from digitnet.preprocess import ImageError, preprocess
-from digitnet.run import RunDir, model_file
+from digitnet.run import MODEL, RunDir, model_file
 
 # XLA compiles once per input shape: padding every batch up to one of these sizes keeps it to four
 # compilations, all done at load time, so no request ever waits for the compiler. (Only for networks
@@ -98,10 +98,13 @@ class Predictor:
         return results
 
     def describe(self) -> dict[str, Any]:
-        """What is being served: layer sizes, parameter count and, when the run recorded it, test accuracy."""
+        """What is being served: layer sizes, parameter count and, when the run recorded it, test accuracy.
+
+        The run is named by its folder's name alone: the server's own paths are no business of its clients.
+        """
         return {
             "name": self.model.name,
-            "path": str(self.path) if self.path else None,
+            "run": (self.path.parent.name if self.path.name == MODEL else self.path.name) if self.path else None,
             "layers": [{"name": n, "units": u, "activation": a} for n, u, a in layer_sizes(self.model)],
             "parameters": int(self.model.count_params()),
             "test_accuracy": RunDir(self.path.parent).test_accuracy() if self.path else None,

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from digitnet.errors import DigitnetError
+from digitnet.machine import available_cores
 from digitnet.internals import uvicorn_hands_connections, uvicorn_protocol_factory
 from digitnet.interrupts import saves_on_ctrl_c
 from digitnet.predict import Predictor, encode_png, prediction
@@ -66,7 +67,7 @@ def create_app(predictor: Predictor, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
     app.add_exception_handler(Exception, internal_error)
     # One photo per core at a time: each may take a second and a few hundred MB once decoded, so a burst
     # of them queues here instead of filling the memory.
-    photo_limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
+    photo_limiter = anyio.CapacityLimiter(available_cores())
     read_drawing = BatchedReader(predictor)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
