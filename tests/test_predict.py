@@ -77,10 +77,10 @@ def test_predict_json_has_the_documented_keys(run_dir, images):
     results = json.loads(result.stdout)
     assert [r["file"] for r in results] == [str(images["dark"]), str(images["jpeg"])]
     for r in results:
-        assert set(r) == {"file", "label", "probability", "probabilities"}
+        assert set(r) == {"file", "label", "class", "probability", "probabilities"}
         assert len(r["probabilities"]) == 10 and all(isinstance(p, float) for p in r["probabilities"])
         assert sum(r["probabilities"]) == pytest.approx(1.0, abs=1e-4)
-        assert r["label"] == int(np.argmax(r["probabilities"]))
+        assert r["label"] == int(np.argmax(r["probabilities"])) and r["class"] == str(r["label"])
         assert r["probability"] == max(r["probabilities"])
 
 
@@ -89,7 +89,7 @@ def test_bad_files_get_errors_and_exit_code_1_while_good_ones_are_predicted(run_
     result = invoke("predict", run_dir, images["dark"], *bad, "--json")
     assert result.exit_code == 1
     results = json.loads(result.stdout)
-    assert set(results[0]) == {"file", "label", "probability", "probabilities"}
+    assert set(results[0]) == {"file", "label", "class", "probability", "probabilities"}
     for r, path in zip(results[1:], bad):
         assert set(r) == {"file", "error"} and r["file"] == str(path) and r["error"]
     assert len(result.stderr.strip().splitlines()) == len(bad)
@@ -221,6 +221,7 @@ def test_describe_reports_layers_parameters_and_test_accuracy(predictor):
     assert info["parameters"] == 784 * 16 + 16 + 16 * 10 + 10
     assert info["test_accuracy"] == UNTRAINED_TEST_ACCURACY
     assert info["run"] == predictor.path.parent.name and str(predictor.path.parent) not in json.dumps(info)
+    assert info["dataset"] == "mnist" and info["classes"] == list("0123456789")
     json.dumps(info)  # served as JSON by /model
 
 

@@ -35,7 +35,7 @@ from digitnet.model import build_model
 from digitnet.predict import Predictor
 from digitnet.serve import MAX_BODY_BYTES, BatchedReader, create_app, hand_out_connections, listen_socket, loaded_app, predict_image
 
-PREDICTION_KEYS = {"file", "label", "probability", "probabilities"}  # as `digitnet predict --json`
+PREDICTION_KEYS = {"file", "label", "class", "probability", "probabilities"}  # as `digitnet predict --json`
 SMALL_LIMIT = 64 * 1024  # bytes; a body limit that tests can exceed cheaply
 
 
@@ -366,6 +366,7 @@ class CountingPredictor:
 
     def __init__(self, predictor: Predictor, error: Exception | None = None) -> None:
         self.predictor, self.error, self.batches = predictor, error, []
+        self.prepare, self.classes = predictor.prepare, predictor.classes
 
     def predict_arrays(self, x: np.ndarray) -> np.ndarray:
         self.batches.append(len(x))

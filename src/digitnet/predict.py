@@ -1,4 +1,4 @@
-"""Inference: load a trained model once and read digits from image files, bytes or arrays."""
+"""Inference: load a trained model once and read digits (or clothes) from image files, bytes or arrays."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import itertools
 import os
 import re
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
 from PIL import Image
 
+from digitnet.clothes import NOTE, prepare_clothing
+from digitnet.data import class_names, trained_dataset
 from digitnet.errors import DigitnetError
 from digitnet.model import N_CLASSES, layer_sizes, load_model, make_numpy_predict_fn, make_predict_fn
 from digitnet.preprocess import ImageError, preprocess
@@ -29,9 +32,11 @@ class Predictor:
     """A loaded model and its forward pass; safe to share between threads: the pass is pure and the
     weights are never written, so no lock is needed."""
 
-    def __init__(self, model: keras.Model, path: Path | None = None) -> None:
+    def __init__(self, model: keras.Model, path: Path | None = None, dataset: str = "mnist") -> None:
         self.model = model
         self.path = path
+        self.dataset = dataset
+        self.classes = class_names(dataset)
         # Dense networks (all that digitnet trains) run in NumPy; any other goes through XLA, compiled now.
         self._forward = make_numpy_predict_fn(model)
         self.compiled = self._forward is None
@@ -41,9 +46,22 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Predictor":
-        """Load a run folder (its model.keras) or a .keras file, ready to predict."""
+        """Load a run folder (its model.keras) or a .keras file, ready to predict; the run's config.json says which
+        data set it learned (a .keras file on its own: MNIST)."""
         model_path = model_file(path)
-        return cls(load_model(model_path, compile=False), model_path)
+        return cls(load_model(model_path, compile=False), model_path, trained_dataset(model_path))
+
+    def prepare(self, source: str | os.PathLike | bytes) -> np.ndarray:
+        """The (28, 28) image in [0, 1] the network reads: handwriting brought to MNIST's convention, or a photo of
+        clothes brought to Fashion-MNIST's; ImageError if it cannot be read."""
+        if self.dataset == "fashion-mnist":
+            return prepare_clothing(source)
+        return preprocess(source, require_ink=True)
+
+    @property
+    def note(self) -> str | None:
+        """What `predict` says it does to the images, where it is not MNIST's preprocessing."""
+        return NOTE if self.dataset == "fashion-mnist" else None
 
     def _warm_up(self) -> None:
         """Run each padded batch size once, so that compiling happens now rather than on a request."""
@@ -83,14 +101,15 @@ class Predictor:
         names = list(names) if names is not None else [source_name(s, i) for i, s in enumerate(sources)]
         if len(names) != len(sources):
             raise ValueError(f"got {len(names)} names for {len(sources)} sources")
-        images, errors = read_images(sources)
+        images, errors = read_images(sources, self.prepare)
         good = sorted(images)
         probabilities = dict(zip(good, self.predict_arrays(np.stack([images[i] for i in good])))) if good else {}
         saved = {}
         if save_dir is not None:
             saved = dict(zip(good, save_images([images[i] for i in good], [names[i] for i in good], Path(save_dir))))
         results = [
-            prediction(name, probabilities[i]) if i in probabilities else {"file": name, "error": errors[i]}
+            prediction(name, probabilities[i], self.classes) if i in probabilities
+            else {"file": name, "error": errors[i]}
             for i, name in enumerate(names)
         ]
         for i, path in saved.items():  # which file holds which input's 28x28 image: names may repeat
@@ -98,7 +117,8 @@ class Predictor:
         return results
 
     def describe(self) -> dict[str, Any]:
-        """What is being served: layer sizes, parameter count and, when the run recorded it, test accuracy.
+        """What is being served: layer sizes, parameter count, data set and class names and, when the run recorded
+        it, test accuracy.
 
         The run is named by its folder's name alone: the server's own paths are no business of its clients.
         """
@@ -108,6 +128,8 @@ class Predictor:
             "layers": [{"name": n, "units": u, "activation": a} for n, u, a in layer_sizes(self.model)],
             "parameters": int(self.model.count_params()),
             "test_accuracy": RunDir(self.path.parent).test_accuracy() if self.path else None,
+            "dataset": self.dataset,
+            "classes": list(self.classes),
         }
 
 
@@ -116,13 +138,15 @@ def source_name(source: str | os.PathLike | bytes, index: int) -> str:
     return f"<bytes #{index}>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
 
 
-def read_images(sources: Iterable[str | os.PathLike | bytes]) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """Preprocessed 28x28 images by position, and an error message for each source that failed."""
+def read_images(sources: Iterable[str | os.PathLike | bytes],
+                prepare: Callable[[Any], np.ndarray] = partial(preprocess, require_ink=True),
+                ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Images prepared for the network (28x28) by position, and an error message for each source that failed."""
     images: dict[int, np.ndarray] = {}
     errors: dict[int, str] = {}
     for i, source in enumerate(sources):
         try:
-            images[i] = preprocess(source, require_ink=True)
+            images[i] = prepare(source)
         except ImageError as err:
             errors[i] = str(err)
         except OSError as err:  # e.g. a folder or an unreadable file given as an image
@@ -130,15 +154,15 @@ def read_images(sources: Iterable[str | os.PathLike | bytes]) -> tuple[dict[int,
     return images, errors
 
 
-def prediction(name: str, probabilities: np.ndarray) -> dict[str, Any]:
-    """The result object for one image, as `digitnet predict --json` prints it."""
+def prediction(name: str, probabilities: np.ndarray, classes: Sequence[str] = class_names("mnist")) -> dict[str, Any]:
+    """The result object for one image, as `digitnet predict --json` prints it: the label and its class's name."""
     probs = [float(p) for p in probabilities]
     label = int(np.argmax(probabilities))
-    return {"file": name, "label": label, "probability": probs[label], "probabilities": probs}
+    return {"file": name, "label": label, "class": classes[label], "probability": probs[label], "probabilities": probs}
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """A 28x28 grey PNG of an image in [0, 1]: exactly what the network saw, white digit on black."""
+    """A 28x28 grey PNG of an image in [0, 1]: exactly what the network saw, a white digit or garment on black."""
     pixels = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")

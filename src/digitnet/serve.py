@@ -1,4 +1,4 @@
-"""The web server: a drawing page at / and a JSON API that reads digits with a loaded Predictor."""
+"""The web server: a drawing page at / and a JSON API that reads digits (or clothes) with a loaded Predictor."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from importlib import resources
-from typing import Any
+from typing import Any, Sequence
 
 import anyio
 import jax
@@ -38,7 +38,7 @@ from digitnet.machine import available_cores
 from digitnet.internals import uvicorn_hands_connections, uvicorn_protocol_factory
 from digitnet.interrupts import saves_on_ctrl_c
 from digitnet.predict import Predictor, encode_png, prediction
-from digitnet.preprocess import ImageError, preprocess
+from digitnet.preprocess import ImageError
 from digitnet.run import model_file
 
 # A 280x280 canvas PNG is 3-20 kB and a phone photo of a digit a few MB; anything larger is refused
@@ -82,12 +82,12 @@ def create_app(predictor: Predictor, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
 
     @app.get("/model")
     async def model() -> dict[str, Any]:
-        """The served network: layers, parameter count, test accuracy."""
+        """The served network: layers, parameter count, test accuracy, data set and class names."""
         return description
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
-        """The digit in an uploaded image or a canvas data URL, as `digitnet predict --json` gives it,
+        """The class in an uploaded image or a canvas data URL, as `digitnet predict --json` gives it,
         plus "preprocessed": the 28x28 image the network saw, as a PNG data URL."""
         body = await read_body(request, max_body_bytes)
         name, data = await parse_image_request(request, body)
@@ -213,13 +213,13 @@ class BatchedReader:
         readable = []
         for name, data, future in waiting:
             try:
-                readable.append((name, read_image(name, data), future))
+                readable.append((name, read_image(self._predictor, name, data), future))
             except HTTPException as err:  # this drawing cannot be read: 422 for it alone
                 settle(future, error=err)
         if readable:
             probabilities = self._predictor.predict_arrays(np.stack([image for _, image, _ in readable]))
             for (name, image, future), result in zip(readable, probabilities):
-                settle(future, result=answer(name, image, result))
+                settle(future, result=answer(name, image, result, self._predictor.classes))
 
 
 def settle(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
@@ -232,10 +232,10 @@ def settle(future: asyncio.Future, result: Any = None, error: BaseException | No
         future.set_result(result)
 
 
-def read_image(name: str, data: bytes) -> np.ndarray:
-    """The preprocessed (28, 28) image of an encoded image; 422 if it cannot be read."""
+def read_image(predictor: Predictor, name: str, data: bytes) -> np.ndarray:
+    """The (28, 28) image the predictor's network reads of an encoded image; 422 if it cannot be read."""
     try:
-        return preprocess(data, require_ink=True)
+        return predictor.prepare(data)
     except ImageError as err:
         raise HTTPException(422, f"{name}: {err}") from None
     except Exception as err:  # any other failure to decode arbitrary bytes is still the input's fault
@@ -243,17 +243,17 @@ def read_image(name: str, data: bytes) -> np.ndarray:
         raise HTTPException(422, f"{name}: cannot read this image ({type(err).__name__})") from None
 
 
-def answer(name: str, image: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+def answer(name: str, image: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """The /predict answer: `digitnet predict --json`'s object, and the image the network saw as a PNG data URL."""
-    result = prediction(name, probabilities)
+    result = prediction(name, probabilities, classes)
     result["preprocessed"] = "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
     return result
 
 
 def predict_image(predictor: Predictor, name: str, data: bytes) -> dict[str, Any]:
     """The /predict answer for one encoded image, computed on the calling thread (photos: a worker thread)."""
-    image = read_image(name, data)
-    return answer(name, image, predictor.predict_arrays(image[np.newaxis])[0])
+    image = read_image(predictor, name, data)
+    return answer(name, image, predictor.predict_arrays(image[np.newaxis])[0], predictor.classes)
 
 
 async def internal_error(request: Request, err: Exception) -> JSONResponse:
