@@ -308,8 +308,7 @@ def load_mnist(
 def load_mnist_in_background(data_dir: str | Path | None = None) -> Callable[[], Mnist]:
     """Start load_mnist(data_dir) on another thread; the function returned waits for its data, or raises its error.
 
-    Reading and checking the files (0.3 to 0.4 s: inflating and hashing, which free the interpreter's lock)
-    then overlaps importing JAX and Keras, which keeps only one core busy. The thread is a daemon, so
+    Reading and checking the files (inflating and hashing, which free the interpreter's lock) then overlaps importing JAX and Keras, which keeps only one core busy. The thread is a daemon, so
     Ctrl-C is never kept waiting for it; what it writes to the cache it writes atomically.
     """
     outcome: dict[str, Any] = {}

@@ -46,8 +46,8 @@ class TransposedGlorotUniform(keras.initializers.GlorotUniform):
 
     Both give the same numbers: a uniform draw of a shape depends only on how many numbers it holds,
     filled in row-major order, and Glorot's limit only on fan_in + fan_out. The detour is for XLA on CPU,
-    which compiles a uniform draw of shape (N, 10) in 0.5 to 0.9 s but one of (10, N) in 0.2 to 0.3 s:
-    the output layer's kernel is (N, 10), and that compile was a tenth of a first run of the `fast` recipe.
+    which compiles a uniform draw of shape (10, N) in a third of the time one of shape (N, 10) takes: the
+    output layer's kernel is (N, 10), and that compile was a tenth of a first run of the `fast` recipe.
     """
 
     def __call__(self, shape, dtype=None):
@@ -140,10 +140,9 @@ def make_numpy_predict_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarr
     """The forward pass of make_predict_fn in NumPy, for a network of float32 Dense layers (and Dropout,
     Softmax); None for any other network, which make_predict_fn still serves.
 
-    For the few images a server reads at a time this is the quicker one: a call of the compiled
-    function costs 0.1 to 0.14 ms for one image and 0.35 to 0.43 ms for eight between two
-    preprocessings, against 0.05 to 0.06 and 0.08 to 0.09 ms here (784-128-10), and there is nothing to
-    compile when the model loads. Probabilities agree with Keras' to about 1e-7.
+    For the few images a server reads at a time this is the quicker one, about twice as quick as a call of
+    the compiled function (docs/serve-speed.md), and there is nothing to compile when the model loads.
+    Probabilities agree with Keras' to about 1e-7.
     """
     steps: list[tuple[np.ndarray | None, np.ndarray | None, Callable[[np.ndarray], None]]] = []
     for layer in model.layers:
