@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 
 from digitnet.framing import FRAME, digit_pieces, frame_digit
 from digitnet.images import ALPHA_MODES, DEEP_MODES, MAX_PIXELS, MODES, ImageError, as_file, decode, load_image
@@ -29,9 +30,14 @@ FLAT_WORK_SIDE = 140  # images on a flat background (canvases) are halved while 
 BACKGROUND_SIDE = 64  # long side of the copy on which the paper's shading is fitted, pixels
 BACKGROUND_ROUNDS = 8  # reweighted fits of the shading: on photos the weights stop changing after 6 to 8
 BACKGROUND_ASYMMETRY = 0.02  # weight of a pixel darker than the surface, against 0.98 for one lighter
+TYPICAL_SIDE = 32  # long side of the copy on which the typical colour around each pixel is found, pixels
+TYPICAL_WINDOW = 1.0  # ... over squares as wide as the long side: mostly paper even in a crop, yet one side of a shadow
 MIN_CONTRAST = 0.08  # ink must differ from the paper by this much (of full scale), else the image is blank
 NOISE_SIGMAS = 5.0  # a pixel is ink candidate only this many noise deviations above the paper
 MIN_NOISE_FLOOR = 0.03  # ... and at least this far: 8-bit quantisation and JPEG ringing
+PAPER_CLIP_SIGMAS = 3.0  # in measuring the paper's noise, pixels this many deviations above its level count as ink
+PAPER_CLIP_ROUNDS = 8  # ... and the clipping is repeated at most this often (2 to 4 rounds settle it on photos)
+INK_SHARE = 0.0002  # a digit 3% of a photo's height, in a fine pen, still inks this share of its pixels
 INK_LOW, INK_HIGH = 0.3, 0.7  # fractions of the ink contrast mapped to 0 and 1: a soft threshold
 FLAT_SHARE = 0.5  # a flat background: at least this share of the pixels sits at one 8-bit grey level ...
 FLAT_NOISE_LEVELS = 3  # ... and on one side of it, few pixels lie 1 to this many levels off: noise would put them there
@@ -69,6 +75,12 @@ def to_mnist(image: Image.Image) -> np.ndarray:
 
 def _to_mnist(image: Image.Image | np.ndarray) -> np.ndarray:
     """to_mnist, for a Pillow image or the 8-bit array libspng decoded (see digitnet.images.decode)."""
+    return frame_digit(ink_map(image))
+
+
+def ink_map(image: Image.Image | np.ndarray) -> np.ndarray:
+    """Steps 1 to 6 of to_mnist: the ink of the digit's pieces in the working copy, (H, W) float32, 1 on the
+    strokes and 0 on the paper. The working copy is the image scaled by the same factor along both sides."""
     rgb = _flatten_alpha(*_colour_and_alpha(image))
     background = _flat_background(rgb)
     # A flat background has no noise for the extra pixels to average away, and the digit ends 20 pixels
@@ -81,7 +93,7 @@ def _to_mnist(image: Image.Image | np.ndarray) -> np.ndarray:
         rgb = 1.0 - rgb
         background = None if background is None else 1.0 - background
     paper = _paper(rgb) if background is None else background
-    return frame_digit(digit_pieces(_stretch(_channel_max(paper - rgb))))
+    return digit_pieces(_stretch(_channel_max(paper - rgb)))
 
 
 def preprocess(source: bytes | str | os.PathLike, *, require_ink: bool = False) -> np.ndarray:
@@ -258,10 +270,10 @@ def _flat_level(grey: np.ndarray) -> int | None:
 
 
 def _light_ink(rgb: np.ndarray, typical: np.ndarray | None = None) -> bool:
-    """Whether the ink is lighter than the paper (of colour typical, else the median): the lighter tail deviates more."""
-    sample = rgb[::2, ::2]  # a quarter of the pixels is plenty for a median and a tail
+    """Whether the ink is lighter than the paper (of colour typical, else _typical_colour's): the lighter tail deviates more."""
+    sample = rgb[::2, ::2]  # a quarter of the pixels is plenty for a tail
     if typical is None:
-        typical = np.median(sample.reshape(-1, rgb.shape[2]), axis=0)
+        typical = _resized(_typical_colour(rgb), sample.shape[1::-1], Image.Resampling.BILINEAR)
     lighter = _channel_max(sample - typical)
     # The 99.9th percentile is ink for any digit covering over 0.1% of the image, and ignores a few
     # hot pixels; on white paper only dark ink can deviate far, on a blackboard only light ink.
@@ -271,19 +283,47 @@ def _light_ink(rgb: np.ndarray, typical: np.ndarray | None = None) -> bool:
     return bool(_percentiles(lighter, (99.9,))[0] > _percentiles(_channel_max(typical - sample), (99.9,))[0])
 
 
+def _typical_colour(rgb: np.ndarray) -> np.ndarray:
+    """The most common colour around each pixel, as a small (h, w, C) copy: the median over a square half the long
+    side wide. Unlike the median of the whole picture, it stays the paper's on both sides of a shadow's edge."""
+    height, width, _ = rgb.shape
+    small = _resized(rgb, _fit_size(width, height, TYPICAL_SIDE), Image.Resampling.BOX)
+    side = max(1, round(TYPICAL_WINDOW * TYPICAL_SIDE))
+    return np.stack([ndimage.median_filter(small[:, :, c], size=side, mode="nearest") for c in range(small.shape[2])], axis=2)
+
+
 def _paper(rgb: np.ndarray) -> np.ndarray:
     """The paper's colour at each pixel, strokes left out, tints, gradients and vignetting kept: (H, W, C).
 
     A quadratic surface per channel, fitted to a small copy by asymmetric least squares (Eilers and
     Boelens 2005, as for the baselines of spectra): it follows the paper's shading and stays above the ink.
     """
-    height, width, channels = rgb.shape
-    scale = BACKGROUND_SIDE / max(height, width)
-    small_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small = np.stack(
-        [np.asarray(Image.fromarray(rgb[:, :, c], "F").resize(small_size, Image.Resampling.BOX)) for c in range(channels)], axis=2
-    ).reshape(-1, channels)
-    basis = _quadratic_basis(small_size[1], small_size[0])
+    height, width, _ = rgb.shape
+    surface = _quadratic_surface(_resized(rgb, _fit_size(width, height, BACKGROUND_SIDE), Image.Resampling.BOX))
+    # The surface is smooth, so bilinear enlargement of its small copy is exact to a thousandth.
+    return _resized(surface, (width, height), Image.Resampling.BILINEAR)
+
+
+def _fit_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """(width, height) scaled so the long side is side, at least 1."""
+    scale = side / max(height, width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _resized(rgb: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    """An (H, W, C) float32 array resized channel by channel to size (width, height)."""
+    if rgb.shape[1::-1] == tuple(size):
+        return rgb.astype(np.float32)
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(rgb[:, :, c], np.float32), "F").resize(size, resample))
+                     for c in range(rgb.shape[2])], axis=2)
+
+
+def _quadratic_surface(small: np.ndarray) -> np.ndarray:
+    """The quadratic surface per channel that rises to the paper of a small (h, w, C) copy, fitted by
+    asymmetric least squares: (h, w, C)."""
+    rows, cols, channels = small.shape
+    small = small.reshape(-1, channels)
+    basis = _quadratic_basis(rows, cols)
     terms = basis.shape[1]
     # Each round's weighted normal equations are weighted sums over the pixels of these products,
     # formed once. Not lstsq or @: threaded BLAS on such small matrices costs tens of milliseconds
@@ -293,18 +333,15 @@ def _paper(rgb: np.ndarray) -> np.ndarray:
     weights = np.ones((len(small), 1), np.float32)
     for _ in range(BACKGROUND_ROUNDS):
         gram = (pairs * weights).sum(axis=0).reshape(terms, terms)
+        # A copy one or two pixels thin has no curvature across: a whisker of ridge keeps the system solvable.
+        gram[np.diag_indices(terms)] += 1e-6 * len(small)
         coef = np.linalg.solve(gram, (moments * weights).sum(axis=0).reshape(terms, channels))
         fitted = sum(basis[:, [i]] * coef[i] for i in range(terms))
         # Asymmetric least squares: pixels darker than the surface (ink, or noise) barely count,
         # so it rises to the paper whatever share of the image the digit covers.
         darker = (fitted - small).mean(axis=1) > 0
         weights = np.where(darker, BACKGROUND_ASYMMETRY, 1.0 - BACKGROUND_ASYMMETRY).astype(np.float32)[:, None]
-    # The surface is smooth, so bilinear enlargement of its small copy is exact to a thousandth.
-    surface = fitted.reshape(small_size[1], small_size[0], channels).astype(np.float32)
-    return np.stack(
-        [np.asarray(Image.fromarray(surface[:, :, c], "F").resize((width, height), Image.Resampling.BILINEAR)) for c in range(channels)],
-        axis=2,
-    )
+    return fitted.reshape(rows, cols, channels).astype(np.float32)
 
 
 def _quadratic_basis(height: int, width: int) -> np.ndarray:
@@ -317,13 +354,15 @@ def _quadratic_basis(height: int, width: int) -> np.ndarray:
 def _stretch(strength: np.ndarray) -> np.ndarray:
     """Map paper to 0 and strokes to 1 with a soft threshold set from the noise and the ink's level."""
     sample = strength[::2, ::2]  # a quarter of the pixels is plenty for medians and a percentile
-    paper_level = float(_median(sample))
-    noise = 1.4826 * float(_median(np.abs(sample - paper_level)))
+    paper_level, noise = _paper_statistics(sample)
     floor = paper_level + max(NOISE_SIGMAS * noise, MIN_NOISE_FLOOR)
     candidates = sample[sample > floor]
     if candidates.size == 0:
         return np.zeros_like(strength)
-    contrast = float(_percentiles(candidates, (90.0,))[0]) - paper_level
+    # The ink's level: what the strongest tenth of the candidates reach; where they are many (ruled lines, shading
+    # the surface missed), what the strongest INK_SHARE of all pixels reach: the digit's strokes, not the faint mass.
+    strongest = min(0.1 * candidates.size, max(1.0, INK_SHARE * sample.size))
+    contrast = float(_percentiles(candidates, (100.0 * (1.0 - strongest / candidates.size),))[0]) - paper_level
     if contrast < MIN_CONTRAST:
         return np.zeros_like(strength)
     low = max(paper_level + INK_LOW * contrast, floor)
@@ -331,6 +370,31 @@ def _stretch(strength: np.ndarray) -> np.ndarray:
     stretched = np.subtract(strength, low, dtype=np.float32)  # in place from here: no temporaries
     np.divide(stretched, high - low, out=stretched)
     return np.clip(stretched, 0.0, 1.0, out=stretched)
+
+
+def _paper_statistics(strength: np.ndarray) -> tuple[float, float]:
+    """The paper's level in a map of ink strength, and its noise's standard deviation: the median and the scaled
+    median absolute deviation of the pixels, with those far above the level (ink) clipped away and the two
+    measured again until no more go (one-sided sigma clipping, as astronomers measure the sky between stars).
+
+    Measured once over all pixels, both are the paper's only while ink covers a small share of the picture: a
+    digit cropped to its strokes covers 20 to 50% of it, and its antialiased rims alone make the deviation
+    several times the noise, so that no pixel would stand out of it.
+    """
+    values = strength.ravel()
+    level = float(_median(values))
+    # The first clip uses the noise of differences between neighbours, which strokes and rims barely touch: the
+    # deviation of all pixels would be the ink's spread, and keep the ink. (Blur lowers it; the rounds raise it again.)
+    noise = 1.4826 * float(_median(np.abs(np.diff(values)))) / math.sqrt(2) if values.size > 1 else 0.0
+    paper = values
+    for _ in range(PAPER_CLIP_ROUNDS):
+        kept = values[values <= level + PAPER_CLIP_SIGMAS * noise]
+        if kept.size == paper.size:
+            break
+        paper = kept
+        level = float(_median(paper))
+        noise = 1.4826 * float(_median(np.abs(paper - level)))  # 1.4826 x MAD is the deviation of a normal distribution
+    return level, noise
 
 
 def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[np.floating]:
