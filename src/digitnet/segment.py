@@ -26,6 +26,13 @@ from digitnet.preprocess import ink_map
 
 STROKE_LEVEL = 0.5  # ink above this (of 1) makes the pieces; the fainter rims join the piece nearest to them
 OVERLAP = 0.5  # pieces are one digit when their columns overlap by this share of the narrower one's width
+# The digits of one number are of a size: a group of pieces shorter than this share of the group with the most ink,
+# or with less ink than this share of its, is a fragment (of a broken thin stroke, of ruled paper, a speck), not a
+# digit; it joins the digit nearest to it.
+MIN_DIGIT_HEIGHT = 0.5
+MIN_DIGIT_INK = 0.15
+BRIDGE = 0.05  # gaps in a stroke narrower than this share of the ink's height are closed before pieces are cut
+MAX_HEIGHT_RATIO = 1.6  # the tallest digit of a number is at most this many times the shortest; else it is one digit
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,7 @@ def split_digits(image: Image.Image) -> list[Digit]:
     """
     ink = ink_map(image)
     groups = _digit_groups(ink)
-    if len(groups) <= 1:  # the common case: the whole ink, exactly as to_mnist frames it
+    if len(groups) <= 1 or not _a_row_of_digits(groups):  # the common case: the whole ink, as to_mnist frames it
         return [Digit(frame_digit(ink), _box(ink > 0, ink.shape, image.size))] if ink.any() else []
     owner = np.where(ink > 0, _owners(ink, groups), 0)
     return [Digit(frame_digit(np.where(owner == number, ink, 0.0).astype(np.float32)), _box(owner == number, ink.shape, image.size))
@@ -52,9 +59,15 @@ def split_digits(image: Image.Image) -> list[Digit]:
 
 def _digit_groups(ink: np.ndarray) -> list[np.ndarray]:
     """Label images of the strokes' pieces, joined into digits and sorted left to right: [labels == piece for each digit]."""
-    labels, count = ndimage.label(ink > STROKE_LEVEL, structure=np.ones((3, 3), bool))
-    if count == 0:
+    strokes = ink > STROKE_LEVEL
+    if not strokes.any():
         return []
+    rows = np.flatnonzero(strokes.any(axis=1))
+    # A thin pen's stroke breaks where it is faintest, cutting an "0" into two arcs: close such gaps first.
+    bridge = max(1, round(BRIDGE * (rows[-1] - rows[0] + 1)))
+    closed = ndimage.binary_closing(strokes, structure=np.ones((2 * bridge + 1,) * 2, bool), border_value=0)
+    labels, count = ndimage.label(closed | strokes, structure=np.ones((3, 3), bool))
+    labels = np.where(strokes, labels, 0)
     columns = [(box[1].start, box[1].stop) for box in ndimage.find_objects(labels)]
     digits: list[list[int]] = []  # piece numbers, from 1
     spans: list[tuple[int, int]] = []
@@ -66,7 +79,31 @@ def _digit_groups(ink: np.ndarray) -> list[np.ndarray]:
         else:
             digits.append([piece])
             spans.append((left, right))
-    return [np.isin(labels, pieces) for pieces in digits]
+    return _without_fragments([np.isin(labels, pieces) for pieces in digits], ink)
+
+
+def _a_row_of_digits(groups: list[np.ndarray]) -> bool:
+    """Whether the groups are of one height, as the digits of a number are: a margin line or a table's edge
+    beside one digit is not a second digit."""
+    heights = [np.ptp(np.flatnonzero(group.any(axis=1))) + 1 for group in groups]
+    return max(heights) <= MAX_HEIGHT_RATIO * min(heights)
+
+
+def _without_fragments(groups: list[np.ndarray], ink: np.ndarray) -> list[np.ndarray]:
+    """The groups that are digits, each with the fragments nearest to it (by the columns of their centres) joined."""
+    if len(groups) <= 1:
+        return groups
+    heights = np.array([np.ptp(np.flatnonzero(group.any(axis=1))) + 1 for group in groups])
+    masses = np.array([ink[group].sum() for group in groups])
+    centres = np.array([np.flatnonzero(group.any(axis=0)).mean() for group in groups])
+    heaviest = int(np.argmax(masses))
+    digit = (heights >= MIN_DIGIT_HEIGHT * heights[heaviest]) & (masses >= MIN_DIGIT_INK * masses[heaviest])
+    kept = np.flatnonzero(digit)
+    joined = {i: groups[i].copy() for i in kept}
+    for fragment in np.flatnonzero(~digit):
+        nearest = kept[np.argmin(np.abs(centres[kept] - centres[fragment]))]
+        joined[nearest] |= groups[fragment]
+    return [joined[i] for i in kept]
 
 
 def _overlap(a: tuple[int, int], b: tuple[int, int]) -> float:
