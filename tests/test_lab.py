@@ -207,22 +207,22 @@ def test_a_waiting_run_can_be_taken_out_of_the_queue(client):
 
 
 def test_stop_leaves_a_resumable_run_and_resume_finishes_it(client, lab):
-    run = train(client, epochs=60)
+    run = train(client, epochs=30)
     read_events(client, lambda event: event["type"] == "epoch" and event["run"] == run)
     assert client.post(f"/api/runs/{run}/stop").status_code == 200
     end = read_events(client, ended(run))[-1]["job"]
     assert end["state"] == "stopped" and f"digitnet train --resume {lab.runs_dir / run}" in end["message"]
     folder = RunDir(lab.runs_dir / run)
     done = len(folder.read_history())
-    assert 1 <= done < 60 and folder.file(CHECKPOINT).is_file() and not folder.file(METRICS).is_file()
+    assert 1 <= done < 30 and folder.file(CHECKPOINT).is_file() and not folder.file(METRICS).is_file()
     assert run_row(client, run)["state"] == "stopped"
 
     assert client.post(f"/api/runs/{run}/resume").status_code == 202
     events = read_events(client, ended(run))
     assert events[-1]["job"]["state"] == "finished"
     resumed = [event["row"]["epoch"] for event in events if event["type"] == "epoch" and event["run"] == run]
-    assert resumed == list(range(done + 1, 61))
-    assert [row["epoch"] for row in folder.read_history()] == list(range(1, 61))
+    assert resumed == list(range(done + 1, 31))
+    assert [row["epoch"] for row in folder.read_history()] == list(range(1, 31))
     assert client.post(f"/api/runs/{run}/resume").status_code == 409  # finished: nothing to resume
 
 

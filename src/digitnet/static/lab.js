@@ -266,6 +266,8 @@ function renderQueue() {
 
 // ---------------------------------------------------------------- charts (uPlot)
 
+const EPOCH_AXIS = { label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100] }; // whole epochs only
+
 function chart(id, options, data) {
   // A uPlot chart in the element `id`, replacing the one there; sized to its box.
   const element = document.getElementById(id);
@@ -290,7 +292,7 @@ function liveData() {
 
 function drawLiveCharts() {
   const data = liveData();
-  const axes = (label) => [{ label: "epoch" }, { label, size: 60 }];
+  const axes = (label) => [EPOCH_AXIS, { label, size: 60 }];
   chart("loss-chart", { title: "Loss", scales: { x: { time: false } }, axes: axes("loss"),
     series: [{ label: "epoch" }, series("training", COLORS[0]), series("validation", COLORS[1], { dash: [6, 4] })] },
   data.loss);
@@ -340,7 +342,7 @@ async function drawOverlay() {
   }));
   chart("overlay-chart", {
     scales: { x: { time: false } },
-    axes: [{ label: "epoch" }, { label: metric.replace("_", " "), size: 60 }],
+    axes: [EPOCH_AXIS, { label: metric.replace("_", " "), size: 60 }],
     series: [{ label: "epoch" }, ...runs.map((run, i) => series(run, COLORS[i % COLORS.length]))],
   }, [epochs, ...columns]);
   $("#overlay-note").textContent = runs.length ? `Comparing ${runs.length} run${runs.length === 1 ? "" : "s"}.`
