@@ -144,6 +144,48 @@ def make_numpy_predict_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarr
     the compiled function (docs/serve-speed.md), and there is nothing to compile when the model loads.
     Probabilities agree with Keras' to about 1e-7.
     """
+    steps = _numpy_steps(model)
+    if steps is None:
+        return None
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        h = np.asarray(x, np.float32).reshape(len(x), N_PIXELS)
+        for kernel, bias, activation in steps:
+            if kernel is not None:
+                h = h @ kernel  # a new array: the caller's x is never written
+                if bias is not None:
+                    h += bias
+            activation(h)
+        return h
+
+    return predict
+
+
+def make_numpy_activations_fn(model: keras.Model) -> Callable[[np.ndarray], list[np.ndarray]] | None:
+    """The NumPy forward pass that also keeps what each Dense layer gives, after its activation: one array
+    (N, units) per layer, the last being the probabilities. None where make_numpy_predict_fn is None."""
+    steps = _numpy_steps(model)
+    if steps is None:
+        return None
+
+    def activations(x: np.ndarray) -> list[np.ndarray]:
+        h = np.asarray(x, np.float32).reshape(len(x), N_PIXELS)
+        outputs = []
+        for kernel, bias, activation in steps:
+            if kernel is not None:
+                h = h @ kernel  # a new array, so the layers kept before are never written
+                if bias is not None:
+                    h += bias
+                outputs.append(h)
+            activation(h)  # the softmax step turns the output layer's logits into probabilities in place
+        return outputs
+
+    return activations
+
+
+def _numpy_steps(model: keras.Model) -> list[tuple[np.ndarray | None, np.ndarray | None, Callable]] | None:
+    """(kernel, bias, in-place activation) for each Dense and Softmax layer, or None for a network the NumPy
+    forward pass cannot run."""
     steps: list[tuple[np.ndarray | None, np.ndarray | None, Callable[[np.ndarray], None]]] = []
     for layer in model.layers:
         if layer.dtype_policy.name != "float32":  # mixed precision or quantized weights
@@ -161,15 +203,4 @@ def make_numpy_predict_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarr
             return None
     if not steps or steps[0][0] is None or steps[0][0].shape[0] != N_PIXELS or model.output_shape[-1] != N_CLASSES:
         return None
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        h = np.asarray(x, np.float32).reshape(len(x), N_PIXELS)
-        for kernel, bias, activation in steps:
-            if kernel is not None:
-                h = h @ kernel  # a new array: the caller's x is never written
-                if bias is not None:
-                    h += bias
-            activation(h)
-        return h
-
-    return predict
+    return steps
