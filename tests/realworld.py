@@ -81,7 +81,7 @@ def font_photos(n: int, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, 
         mask = _glyph_mask(str(label), font, (width, height), rng)
         paper, ink = (colour.astype(np.float32) for colour in _colours(rng))
         photo = paper + (ink - paper) * mask[:, :, None]
-        yield _camera(photo, rng), label
+        yield camera(photo, rng), label
 
 
 def sklearn_scans(n: int, rng: np.random.Generator) -> Iterator[tuple[np.ndarray, int]]:
@@ -100,7 +100,7 @@ def sklearn_scans(n: int, rng: np.random.Generator) -> Iterator[tuple[np.ndarray
         scan = paper - (paper - ink) * darkness
         scan = scan[:, :, None] * (1.0 - rng.uniform(0.0, 0.06, size=3))  # a slight tint from the scanner
         noisy = scan + rng.normal(0.0, rng.uniform(0.005, 0.03), size=scan.shape)
-        yield _blur(np.clip(noisy, 0.0, 1.0), rng.uniform(0.0, 1.0)), int(digits.target[index])
+        yield blur(np.clip(noisy, 0.0, 1.0), rng.uniform(0.0, 1.0)), int(digits.target[index])
 
 
 def _glyph_mask(text: str, font: ImageFont.FreeTypeFont, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -132,7 +132,7 @@ def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return paper, np.full(3, rng.uniform(0.02, 0.35))
 
 
-def _camera(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def camera(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Uneven lighting (a gradient and a vignette), focus blur and sensor noise."""
     height, width, _ = photo.shape
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -142,10 +142,10 @@ def _camera(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     light -= np.float32(rng.uniform(0.0, 0.6)) * (rows**2 + cols**2)
     lit = photo * light[:, :, None]
     noisy = lit + np.float32(rng.uniform(0.005, 0.04)) * rng.standard_normal(lit.shape, dtype=np.float32)
-    return _blur(np.clip(noisy, 0.0, 1.0), rng.uniform(0.0, 1.5) * max(height, width) / 500)
+    return blur(np.clip(noisy, 0.0, 1.0), rng.uniform(0.0, 1.5) * max(height, width) / 500)
 
 
-def _blur(picture: np.ndarray, radius: float) -> np.ndarray:
+def blur(picture: np.ndarray, radius: float) -> np.ndarray:
     """Gaussian blur of an (H, W, 3) float picture, by Pillow on its 8-bit form."""
     image = Image.fromarray(np.round(picture * 255).astype(np.uint8), "RGB")
     return np.asarray(image.filter(ImageFilter.GaussianBlur(radius)), np.float32) / 255.0
@@ -153,12 +153,15 @@ def _blur(picture: np.ndarray, radius: float) -> np.ndarray:
 
 def _save(picture: np.ndarray, stem: Path, rng: np.random.Generator) -> tuple[Path, int]:
     """Write an (H, W, 3) float picture as PNG or as JPEG of random quality; (path, label) from the stem."""
+    path = stem.with_suffix(".png" if rng.random() < 0.5 else ".jpg")
+    save_picture(picture, path, rng)
+    return path, int(stem.name.rsplit("_", 1)[1])
+
+
+def save_picture(picture: np.ndarray, path: Path, rng: np.random.Generator) -> None:
+    """Write an (H, W, 3) float picture in [0, 1] as PNG, or as JPEG of random quality, as the suffix says."""
     image = Image.fromarray(np.round(np.clip(picture, 0.0, 1.0) * 255).astype(np.uint8), "RGB")
-    label = int(stem.name.rsplit("_", 1)[1])
-    if rng.random() < 0.5:
-        path = stem.with_suffix(".png")
+    if path.suffix == ".png":
         image.save(path, compress_level=1)
     else:
-        path = stem.with_suffix(".jpg")
         image.save(path, quality=int(rng.integers(50, 95)))
-    return path, label

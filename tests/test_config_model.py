@@ -117,6 +117,10 @@ def test_network_starts_from_the_weights_plain_keras_draws_and_saves_keras_initi
     ("seed", 2**32, "seed: got 4294967296; allowed: a whole number from 0 to 4294967295"),
     ("seed", True, "seed: got True"),
     ("dataset", "cifar10", "dataset: got 'cifar10'; allowed: mnist, fashion-mnist"),
+    ("val_size", True, "val_size: got True"),
+    ("train_size", True, "train_size: got True"),
+    ("learning_rate", 10**400, "allowed: a finite number > 0"),
+    ("max_rotation", 10**400, "allowed: a number >= 0"),
 ])
 def test_bad_values_name_the_field_and_what_is_allowed(field, value, words):
     with pytest.raises(ConfigError, match=None) as info:

@@ -12,8 +12,8 @@ def run() -> None:
     try:
         main()
     finally:
-        # On the way out, Python's garbage collector walks every object JAX and Keras made: 0.5 to 0.8 s
-        # after a training run had printed its last line. Frozen, they are left to the operating system,
+        # On the way out, Python's garbage collector walks every object JAX and Keras made: most of a second
+        # after a training run has printed its last line. Frozen, they are left to the operating system,
         # which frees the process's memory anyway; all the command wrote is closed and flushed by then.
         gc.freeze()
 

@@ -252,6 +252,29 @@ def serve(
     run_server(model, host=host, port=port, workers=available_cores() if workers is None else workers)
 
 
+@app.command()
+def lab(
+    runs_dir: Annotated[Path, typer.Argument(
+        metavar="RUNS_DIR", help="Folder of run folders: the lab trains into it and shows every run in it.",
+    )] = Path("runs"),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on; any but this machine's own needs --token."),
+    port: int = typer.Option(8000, help="TCP port to listen on."),
+    token: Optional[str] = typer.Option(
+        None, envvar="DIGITNET_LAB_TOKEN",
+        help="Secret every request must carry (the page's address ends ?token=...); needed off 127.0.0.1."),
+    max_width: int = typer.Option(4096, help="Most neurons in one hidden layer a run may ask for."),
+    max_depth: int = typer.Option(8, help="Most hidden layers a run may ask for."),
+    max_epochs: int = typer.Option(200, help="Most epochs a run may ask for."),
+    data_dir: DataDirOption = None,
+) -> None:
+    """Design, train, watch, inspect and compare networks in the browser; every run is a run folder in RUNS_DIR."""
+    # Imported here so that `digitnet --help` does not wait for JAX, Keras and the web stack to load.
+    from digitnet.lab import LabLimits, run_lab
+
+    limits = LabLimits(max_width=max_width, max_depth=max_depth, max_epochs=max_epochs)
+    run_lab(runs_dir, host=host, port=port, token=token, limits=limits, data_dir=data_dir)
+
+
 def main() -> None:
     """Entry point: a DigitnetError or a wrong command line becomes one line on stderr and exit code 2."""
     use_compilation_cache()

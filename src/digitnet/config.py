@@ -85,16 +85,16 @@ class TrainConfig:
             raise ConfigError(f"weight_decay: got {self.weight_decay!r}; allowed: a number in [0, 1)")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed: got {self.seed!r}; allowed: a whole number from 0 to {MAX_SEED}")
-        if not isinstance(self.val_size, int) or not 1 <= self.val_size < N_TRAIN:
+        if not _whole(self.val_size) or not 1 <= self.val_size < N_TRAIN:
             raise ConfigError(f"val_size: got {self.val_size!r}; allowed: a whole number from 1 to {N_TRAIN - 1}")
-        if self.train_size is not None and (not isinstance(self.train_size, int) or self.train_size < 1):
+        if self.train_size is not None and (not _whole(self.train_size) or self.train_size < 1):
             raise ConfigError(f"train_size: got {self.train_size!r}; allowed: a whole number >= 1, or none for all")
-        if isinstance(self.val_size, int) and self.train_size is not None and self.train_size > N_TRAIN - self.val_size:
+        if _whole(self.val_size) and self.train_size is not None and self.train_size > N_TRAIN - self.val_size:
             raise ConfigError(f"train_size: got {self.train_size}; the training split holds {N_TRAIN - self.val_size} images "
                               f"({N_TRAIN} less val_size {self.val_size}); give at most that, or none for all")
         for name in ("elastic_alpha", "elastic_sigma", "max_rotation", "max_scale", "max_shear"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or value < 0:
                 raise ConfigError(f"{name}: got {getattr(self, name)!r}; allowed: a number >= 0")
 
     @property
@@ -143,9 +143,20 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}: got {value!r}; allowed: {', '.join(allowed)}")
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float, such as 10**400
+        return False
+
+
 def _positive(name: str, value: Any, integer: bool = False) -> None:
     kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, kind) or not _finite(value) or value <= 0:
         raise ConfigError(f"{name}: got {value!r}; allowed: a {'whole' if integer else 'finite'} number > 0")
 
 

@@ -439,8 +439,7 @@ def load_dataset_in_background(name: str, data_dir: str | Path | None = None) ->
     """Start load_dataset(name, data_dir) on another thread; the function returned waits for its data, or raises
     its error.
 
-    Reading and checking the files (0.3 to 0.4 s: inflating and hashing, which free the interpreter's lock)
-    then overlaps importing JAX and Keras, which keeps only one core busy. The thread is a daemon, so
+    Reading and checking the files (inflating and hashing, which free the interpreter's lock) then overlaps importing JAX and Keras, which keeps only one core busy. The thread is a daemon, so
     Ctrl-C is never kept waiting for it; what it writes to the cache it writes atomically.
     """
     outcome: dict[str, Any] = {}

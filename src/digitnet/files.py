@@ -22,8 +22,7 @@ def use_compilation_cache() -> None:
     Set through JAX's environment variables, which it reads when it is imported, so this must run first;
     a user's own JAX_COMPILATION_CACHE_DIR wins. Every program is kept, not only those that took over a
     second to compile (JAX's default): on a first run of the `fast` recipe, the programs that draw the
-    initial weights and that evaluate each compile in 0.4 to 1.0 s, together about as long as its
-    training epoch (1.0 to 1.7 s).
+    initial weights and that evaluate take together about as long to compile as its training epoch takes.
     The entries are keyed by the program, JAX's version and the machine, so a stale one is never used;
     deleting the folder is always safe.
     """

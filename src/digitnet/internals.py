@@ -110,7 +110,7 @@ def _keras_importing() -> bool:
 def hide_optional_imports_from_keras() -> None:
     """Keep Keras from importing scikit-learn, pandas and matplotlib at its own import (call before it loads).
 
-    They cost about 1.2 s of every start on a 2-core machine, a fifth of the `fast` recipe's whole run. The
+    They cost over a second of every start on a 2-core machine, a fifth of the `fast` recipe's whole run. The
     finder only answers while `keras` itself is initialising; afterwards the libraries import as usual.
     """
     if not enabled() or "keras" in sys.modules or any(isinstance(f, _HideFromKeras) for f in sys.meta_path):

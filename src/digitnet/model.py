@@ -46,8 +46,8 @@ class TransposedGlorotUniform(keras.initializers.GlorotUniform):
 
     Both give the same numbers: a uniform draw of a shape depends only on how many numbers it holds,
     filled in row-major order, and Glorot's limit only on fan_in + fan_out. The detour is for XLA on CPU,
-    which compiles a uniform draw of shape (N, 10) in 0.5 to 0.9 s but one of (10, N) in 0.2 to 0.3 s:
-    the output layer's kernel is (N, 10), and that compile was a tenth of a first run of the `fast` recipe.
+    which compiles a uniform draw of shape (10, N) in a third of the time one of shape (N, 10) takes: the
+    output layer's kernel is (N, 10), and that compile was a tenth of a first run of the `fast` recipe.
     """
 
     def __call__(self, shape, dtype=None):
@@ -140,11 +140,52 @@ def make_numpy_predict_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarr
     """The forward pass of make_predict_fn in NumPy, for a network of float32 Dense layers (and Dropout,
     Softmax); None for any other network, which make_predict_fn still serves.
 
-    For the few images a server reads at a time this is the quicker one: a call of the compiled
-    function costs 0.1 to 0.14 ms for one image and 0.35 to 0.43 ms for eight between two
-    preprocessings, against 0.05 to 0.06 and 0.08 to 0.09 ms here (784-128-10), and there is nothing to
-    compile when the model loads. Probabilities agree with Keras' to about 1e-7.
+    For the few images a server reads at a time this is the quicker one, about twice as quick as a call of
+    the compiled function (docs/serve-speed.md), and there is nothing to compile when the model loads.
+    Probabilities agree with Keras' to about 1e-7.
     """
+    steps = _numpy_steps(model)
+    if steps is None:
+        return None
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        h = np.asarray(x, np.float32).reshape(len(x), N_PIXELS)
+        for kernel, bias, activation in steps:
+            if kernel is not None:
+                h = h @ kernel  # a new array: the caller's x is never written
+                if bias is not None:
+                    h += bias
+            activation(h)
+        return h
+
+    return predict
+
+
+def make_numpy_activations_fn(model: keras.Model) -> Callable[[np.ndarray], list[np.ndarray]] | None:
+    """The NumPy forward pass that also keeps what each Dense layer gives, after its activation: one array
+    (N, units) per layer, the last being the probabilities. None where make_numpy_predict_fn is None."""
+    steps = _numpy_steps(model)
+    if steps is None:
+        return None
+
+    def activations(x: np.ndarray) -> list[np.ndarray]:
+        h = np.asarray(x, np.float32).reshape(len(x), N_PIXELS)
+        outputs = []
+        for kernel, bias, activation in steps:
+            if kernel is not None:
+                h = h @ kernel  # a new array, so the layers kept before are never written
+                if bias is not None:
+                    h += bias
+                outputs.append(h)
+            activation(h)  # the softmax step turns the output layer's logits into probabilities in place
+        return outputs
+
+    return activations
+
+
+def _numpy_steps(model: keras.Model) -> list[tuple[np.ndarray | None, np.ndarray | None, Callable]] | None:
+    """(kernel, bias, in-place activation) for each Dense and Softmax layer, or None for a network the NumPy
+    forward pass cannot run."""
     steps: list[tuple[np.ndarray | None, np.ndarray | None, Callable[[np.ndarray], None]]] = []
     for layer in model.layers:
         if layer.dtype_policy.name != "float32":  # mixed precision or quantized weights
@@ -162,15 +203,4 @@ def make_numpy_predict_fn(model: keras.Model) -> Callable[[np.ndarray], np.ndarr
             return None
     if not steps or steps[0][0] is None or steps[0][0].shape[0] != N_PIXELS or model.output_shape[-1] != N_CLASSES:
         return None
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        h = np.asarray(x, np.float32).reshape(len(x), N_PIXELS)
-        for kernel, bias, activation in steps:
-            if kernel is not None:
-                h = h @ kernel  # a new array: the caller's x is never written
-                if bias is not None:
-                    h += bias
-            activation(h)
-        return h
-
-    return predict
+    return steps

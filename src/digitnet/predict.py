@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import os
@@ -18,7 +19,8 @@ from PIL import Image
 from digitnet.clothes import NOTE, prepare_clothing
 from digitnet.data import class_names, trained_dataset
 from digitnet.errors import DigitnetError
-from digitnet.model import N_CLASSES, layer_sizes, load_model, make_numpy_predict_fn, make_predict_fn
+from digitnet.model import (N_CLASSES, layer_sizes, load_model, make_numpy_activations_fn, make_numpy_predict_fn,
+                            make_predict_fn)
 from digitnet.preprocess import ImageError, preprocess
 from digitnet.run import MODEL, RunDir, model_file
 
@@ -115,6 +117,18 @@ class Predictor:
         for i, path in saved.items():  # which file holds which input's 28x28 image: names may repeat
             results[i]["preprocessed"] = str(path)
         return results
+
+    @functools.cached_property
+    def _activations(self) -> Any:
+        return make_numpy_activations_fn(self.model)
+
+    def activations(self, x: np.ndarray) -> list[np.ndarray] | None:
+        """What each Dense layer gives for images (N, 28, 28) in [0, 1], after its activation: one array
+        (N, units) per layer, the last being the probabilities; None for a network NumPy cannot run."""
+        x = np.asarray(x, np.float32)
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise ValueError(f"expected images of shape (N, 28, 28), got {x.shape}")
+        return None if self._activations is None else self._activations(x)
 
     def describe(self) -> dict[str, Any]:
         """What is being served: layer sizes, parameter count, data set and class names and, when the run recorded

@@ -12,105 +12,36 @@ transparent canvas exports, 8x8 thumbnails and 50-megapixel photos.
 
 from __future__ import annotations
 
-import io
 import math
 import os
-import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from scipy import ndimage
 
-try:  # an optional dependency (see pyproject.toml): without it, Pillow decodes every PNG, to the same pixels
-    import pyspng
-except ImportError:
-    pyspng = None
+from digitnet.framing import FRAME, digit_pieces, frame_digit
+from digitnet.images import ALPHA_MODES, DEEP_MODES, MAX_PIXELS, MODES, ImageError, as_file, decode, load_image
 
-from digitnet.errors import DigitnetError
+__all__ = ["MAX_PIXELS", "ImageError", "load_image", "preprocess", "to_mnist"]
 
-# 50 million pixels: a 48-megapixel phone photo (8064 x 6048) still passes, and decoded as RGB it takes
-# at most 150 MB. Pillow's own guard only warns from 89 million and refuses from 179 million, which
-# lets a 100-byte PNG claiming 13,000 x 13,000 pixels make a server allocate half a gigabyte.
-MAX_PIXELS = 50_000_000
-
-FRAME = 28  # MNIST's image side, pixels
-BOX = 20  # the side of the box each MNIST digit was scaled into, pixels
-CENTER = 14.0  # where MNIST puts the center of mass (row and column index; measured mean 14.00 +- 0.29)
 WORK_SIDE = 512  # long side of the working copy, pixels: a digit 10% of a photo's height keeps 50 rows
 MIN_WORK_SIDE = 84  # tiny images (8x8 thumbnails) are enlarged to this so the filters have room
 FLAT_WORK_SIDE = 140  # images on a flat background (canvases) are halved while their long side stays at least this
 BACKGROUND_SIDE = 64  # long side of the copy on which the paper's shading is fitted, pixels
 BACKGROUND_ROUNDS = 8  # reweighted fits of the shading: on photos the weights stop changing after 6 to 8
 BACKGROUND_ASYMMETRY = 0.02  # weight of a pixel darker than the surface, against 0.98 for one lighter
+TYPICAL_SIDE = 32  # long side of the copy on which the typical colour around each pixel is found, pixels
+TYPICAL_WINDOW = 1.0  # ... over squares as wide as the long side: mostly paper even in a crop, yet one side of a shadow
 MIN_CONTRAST = 0.08  # ink must differ from the paper by this much (of full scale), else the image is blank
 NOISE_SIGMAS = 5.0  # a pixel is ink candidate only this many noise deviations above the paper
 MIN_NOISE_FLOOR = 0.03  # ... and at least this far: 8-bit quantisation and JPEG ringing
+PAPER_CLIP_SIGMAS = 3.0  # in measuring the paper's noise, pixels this many deviations above its level count as ink
+PAPER_CLIP_ROUNDS = 8  # ... and the clipping is repeated at most this often (2 to 4 rounds settle it on photos)
+INK_SHARE = 0.0002  # a digit 3% of a photo's height, in a fine pen, still inks this share of its pixels
 INK_LOW, INK_HIGH = 0.3, 0.7  # fractions of the ink contrast mapped to 0 and 1: a soft threshold
-PIECE_GRID_SIDE = 128  # long side of the grid on which ink is split into connected pieces, pixels
-STROKE_TARGET = 1.9  # MNIST's mean stroke width, pixels of the 28x28 frame (2 x area / outline, 500 test digits)
-MAX_THINNING = 0.5  # the largest share of a heavy stroke's width that thinning may take away
-MIN_PIECE = 0.1  # pieces with less area than this fraction of the largest one are specks, dropped
-FRAME_SPAN = 0.9  # a piece on the border spanning this share of the image is a line or an edge, not ink
-MIN_DIGIT_SPAN = 0.05  # ... when a piece clear of the border spans this share of the long side
 FLAT_SHARE = 0.5  # a flat background: at least this share of the pixels sits at one 8-bit grey level ...
 FLAT_NOISE_LEVELS = 3  # ... and on one side of it, few pixels lie 1 to this many levels off: noise would put them there
 FLAT_SPREAD = 0.002  # ... "few": under this many per pixel at the level (canvases 0, scans 0.0115 or more)
-
-_RGB_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "HSV")
-_ALPHA_MODES = ("LA", "PA", "RGBA", "RGBa")
-_DEEP_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # 16/32-bit greyscale (scientific scans, TIFF)
-_MODES = _RGB_MODES + _ALPHA_MODES + _DEEP_MODES
-
-
-class ImageError(DigitnetError, ValueError):
-    """The input is not an image digitnet can read; the message says what is wrong and what to do."""
-
-
-def load_image(source: bytes | str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image from bytes or a path, upright as its EXIF orientation says.
-
-    Animated images give their first frame. Raises ImageError, with a one-line message, for anything
-    that is not a whole, readable image of at most MAX_PIXELS pixels in a supported mode.
-    """
-    image = _decode(source)
-    return Image.fromarray(image) if isinstance(image, np.ndarray) else image
-
-
-def _decode(source: bytes | str | os.PathLike) -> Image.Image | np.ndarray:
-    """As load_image, but a plain PNG comes as libspng decoded it: an 8-bit (H, W), (H, W, 3) or (H, W, 4) array.
-
-    (Copying those pixels into a Pillow image and out again, as load_image does, costs 0.05 ms: 2% of
-    preprocessing a canvas.)
-    """
-    fp, name = _as_file(source)
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns between 89 and 179 million pixels; treat that as the bomb it may be.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as opened:
-                _check_size(opened.size, name)
-                data = fp.getvalue() if isinstance(fp, io.BytesIO) else None
-                if data is not None and pyspng is not None and _plain_png(opened, data):
-                    return pyspng.load(data)
-                else:
-                    opened.load()
-                    # A decoded copy, turned upright; the file (kept open by animated images) closes here.
-                    image = ImageOps.exif_transpose(opened)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{name} is too large to decode safely; scale it down to at most {MAX_PIXELS:,} pixels") from None
-    except FileNotFoundError:
-        raise ImageError(f"cannot read {name}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"cannot read {name}: it is a folder, not an image file") from None
-    except Image.UnidentifiedImageError:
-        raise ImageError(f"{name} is not an image Pillow can read; use a PNG, JPEG, GIF, BMP, TIFF or WebP file") from None
-    except Exception as err:  # noqa: BLE001 - decoders of untrusted bytes raise many types (OSError, SyntaxError, struct.error ...)
-        raise ImageError(f"{name} is truncated or corrupt ({_one_line(err)}); save it again or send another file") from None
-    if image.mode not in _MODES:
-        raise ImageError(f"{name} has unsupported image mode {image.mode!r}; save it as an RGB or greyscale PNG or JPEG")
-    return image
 
 
 def to_mnist(image: Image.Image) -> np.ndarray:
@@ -143,7 +74,13 @@ def to_mnist(image: Image.Image) -> np.ndarray:
 
 
 def _to_mnist(image: Image.Image | np.ndarray) -> np.ndarray:
-    """to_mnist, for a Pillow image or the 8-bit array libspng decoded (see _decode)."""
+    """to_mnist, for a Pillow image or the 8-bit array libspng decoded (see digitnet.images.decode)."""
+    return frame_digit(ink_map(image))
+
+
+def ink_map(image: Image.Image | np.ndarray) -> np.ndarray:
+    """Steps 1 to 6 of to_mnist: the ink of the digit's pieces in the working copy, (H, W) float32, 1 on the
+    strokes and 0 on the paper. The working copy is the image scaled by the same factor along both sides."""
     rgb = _flatten_alpha(*_colour_and_alpha(image))
     background = _flat_background(rgb)
     # A flat background has no noise for the extra pixels to average away, and the digit ends 20 pixels
@@ -156,10 +93,7 @@ def _to_mnist(image: Image.Image | np.ndarray) -> np.ndarray:
         rgb = 1.0 - rgb
         background = None if background is None else 1.0 - background
     paper = _paper(rgb) if background is None else background
-    ink = _digit_pieces(_stretch(_channel_max(paper - rgb)))
-    if not ink.any():
-        return np.zeros((FRAME, FRAME), np.float32)
-    return _place_by_mass(_fit_box(_normalise_stroke(_crop(ink))))
+    return digit_pieces(_stretch(_channel_max(paper - rgb)))
 
 
 def preprocess(source: bytes | str | os.PathLike, *, require_ink: bool = False) -> np.ndarray:
@@ -168,62 +102,11 @@ def preprocess(source: bytes | str | os.PathLike, *, require_ink: bool = False) 
     With require_ink, an image with no ink (blank, or strokes too faint) is an ImageError instead of
     all zeros: a network asked about an empty frame still answers some digit, which would mislead.
     """
-    pixels = _to_mnist(_decode(source))
+    pixels = _to_mnist(decode(source))
     if require_ink and not pixels.any():
-        raise ImageError(f"{_as_file(source)[1]} shows no digit: it is blank, or its strokes are too faint to tell "
+        raise ImageError(f"{as_file(source)[1]} shows no digit: it is blank, or its strokes are too faint to tell "
                          "from the background; write or draw darker")
     return pixels
-
-
-# Loading ---------------------------------------------------------------------------------------------
-
-
-def _as_file(source: bytes | str | os.PathLike) -> tuple[io.BytesIO | str | os.PathLike, str]:
-    """A file Pillow can open, and a name for it in messages."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise ImageError("the file is empty (0 bytes); use a PNG or JPEG file")
-        return io.BytesIO(source), "the file"
-    if isinstance(source, (str, os.PathLike)):
-        name = f"image {os.fspath(source)!r}"
-        if os.path.isfile(source) and os.path.getsize(source) == 0:
-            raise ImageError(f"{name} is empty (0 bytes); use a PNG or JPEG file")
-        return source, name
-    raise TypeError(f"source must be bytes or a path, not {type(source).__name__}")
-
-
-def _plain_png(opened: Image.Image, data: bytes) -> bool:
-    """Whether the bytes of an opened image are a PNG that libspng decodes to exactly Pillow's pixels, in half the time.
-
-    That is a still, 8-bit greyscale, RGB or RGBA PNG (a canvas export is one), with no
-    colour key to turn into alpha nor an EXIF block (its orientation), which only Pillow applies.
-    """
-    return (
-        opened.format == "PNG"
-        and data[24] == 8  # bit depth, in the IHDR chunk that every PNG starts with
-        and opened.mode in ("L", "RGB", "RGBA")  # (libspng refuses grey with alpha)
-        and "transparency" not in opened.info
-        and not getattr(opened, "is_animated", False)
-        and b"eXIf" not in data  # also where Pillow looks only once decoding: after the pixels
-    )
-
-
-def _check_size(size: tuple[int, int], name: str) -> None:
-    """Refuse, before decoding, an image whose header claims more than MAX_PIXELS pixels."""
-    width, height = size
-    if width < 1 or height < 1:
-        raise ImageError(f"{name} is empty ({width}x{height} pixels); send an image with a digit in it")
-    if width * height > MAX_PIXELS:
-        raise ImageError(
-            f"{name} is too large: {width}x{height} is {width * height / 1e6:.0f} million pixels, over the "
-            f"limit of {MAX_PIXELS / 1e6:.0f} million; scale it down first"
-        )
-
-
-def _one_line(err: Exception) -> str:
-    """The first line of an exception's message, or its type when it has none."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # Colour ----------------------------------------------------------------------------------------------
@@ -231,13 +114,13 @@ def _one_line(err: Exception) -> str:
 
 def _working_copy(image: Image.Image) -> Image.Image:
     """The image in RGB, RGBA or F mode, its long side between MIN_WORK_SIDE and WORK_SIDE (never altered in place)."""
-    if image.mode not in _MODES:
+    if image.mode not in MODES:
         raise ImageError(f"unsupported image mode {image.mode!r}; use an RGB or greyscale image")
-    has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
-    mode = "F" if image.mode in _DEEP_MODES else "RGBA" if has_alpha else "RGB"
+    has_alpha = image.mode in ALPHA_MODES or "transparency" in image.info
+    mode = "F" if image.mode in DEEP_MODES else "RGBA" if has_alpha else "RGB"
     # Palettes, bilevel and 16-bit images only resample by nearest neighbour, and a transparent colour
     # key is lost in resampling: convert those first. Others shrink first, sparing a full-size copy.
-    if image.mode in ("1", "P", "PA", "RGBa") + _DEEP_MODES or "transparency" in image.info:
+    if image.mode in ("1", "P", "PA", "RGBa") + DEEP_MODES or "transparency" in image.info:
         image = image.convert(mode)
     width, height = image.size
     long_side = max(width, height)
@@ -387,10 +270,10 @@ def _flat_level(grey: np.ndarray) -> int | None:
 
 
 def _light_ink(rgb: np.ndarray, typical: np.ndarray | None = None) -> bool:
-    """Whether the ink is lighter than the paper (of colour typical, else the median): the lighter tail deviates more."""
-    sample = rgb[::2, ::2]  # a quarter of the pixels is plenty for a median and a tail
+    """Whether the ink is lighter than the paper (of colour typical, else _typical_colour's): the lighter tail deviates more."""
+    sample = rgb[::2, ::2]  # a quarter of the pixels is plenty for a tail
     if typical is None:
-        typical = np.median(sample.reshape(-1, rgb.shape[2]), axis=0)
+        typical = _resized(_typical_colour(rgb), sample.shape[1::-1], Image.Resampling.BILINEAR)
     lighter = _channel_max(sample - typical)
     # The 99.9th percentile is ink for any digit covering over 0.1% of the image, and ignores a few
     # hot pixels; on white paper only dark ink can deviate far, on a blackboard only light ink.
@@ -400,19 +283,47 @@ def _light_ink(rgb: np.ndarray, typical: np.ndarray | None = None) -> bool:
     return bool(_percentiles(lighter, (99.9,))[0] > _percentiles(_channel_max(typical - sample), (99.9,))[0])
 
 
+def _typical_colour(rgb: np.ndarray) -> np.ndarray:
+    """The most common colour around each pixel, as a small (h, w, C) copy: the median over a square half the long
+    side wide. Unlike the median of the whole picture, it stays the paper's on both sides of a shadow's edge."""
+    height, width, _ = rgb.shape
+    small = _resized(rgb, _fit_size(width, height, TYPICAL_SIDE), Image.Resampling.BOX)
+    side = max(1, round(TYPICAL_WINDOW * TYPICAL_SIDE))
+    return np.stack([ndimage.median_filter(small[:, :, c], size=side, mode="nearest") for c in range(small.shape[2])], axis=2)
+
+
 def _paper(rgb: np.ndarray) -> np.ndarray:
     """The paper's colour at each pixel, strokes left out, tints, gradients and vignetting kept: (H, W, C).
 
     A quadratic surface per channel, fitted to a small copy by asymmetric least squares (Eilers and
     Boelens 2005, as for the baselines of spectra): it follows the paper's shading and stays above the ink.
     """
-    height, width, channels = rgb.shape
-    scale = BACKGROUND_SIDE / max(height, width)
-    small_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small = np.stack(
-        [np.asarray(Image.fromarray(rgb[:, :, c], "F").resize(small_size, Image.Resampling.BOX)) for c in range(channels)], axis=2
-    ).reshape(-1, channels)
-    basis = _quadratic_basis(small_size[1], small_size[0])
+    height, width, _ = rgb.shape
+    surface = _quadratic_surface(_resized(rgb, _fit_size(width, height, BACKGROUND_SIDE), Image.Resampling.BOX))
+    # The surface is smooth, so bilinear enlargement of its small copy is exact to a thousandth.
+    return _resized(surface, (width, height), Image.Resampling.BILINEAR)
+
+
+def _fit_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """(width, height) scaled so the long side is side, at least 1."""
+    scale = side / max(height, width)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _resized(rgb: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    """An (H, W, C) float32 array resized channel by channel to size (width, height)."""
+    if rgb.shape[1::-1] == tuple(size):
+        return rgb.astype(np.float32)
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(rgb[:, :, c], np.float32), "F").resize(size, resample))
+                     for c in range(rgb.shape[2])], axis=2)
+
+
+def _quadratic_surface(small: np.ndarray) -> np.ndarray:
+    """The quadratic surface per channel that rises to the paper of a small (h, w, C) copy, fitted by
+    asymmetric least squares: (h, w, C)."""
+    rows, cols, channels = small.shape
+    small = small.reshape(-1, channels)
+    basis = _quadratic_basis(rows, cols)
     terms = basis.shape[1]
     # Each round's weighted normal equations are weighted sums over the pixels of these products,
     # formed once. Not lstsq or @: threaded BLAS on such small matrices costs tens of milliseconds
@@ -422,18 +333,15 @@ def _paper(rgb: np.ndarray) -> np.ndarray:
     weights = np.ones((len(small), 1), np.float32)
     for _ in range(BACKGROUND_ROUNDS):
         gram = (pairs * weights).sum(axis=0).reshape(terms, terms)
+        # A copy one or two pixels thin has no curvature across: a whisker of ridge keeps the system solvable.
+        gram[np.diag_indices(terms)] += 1e-6 * len(small)
         coef = np.linalg.solve(gram, (moments * weights).sum(axis=0).reshape(terms, channels))
         fitted = sum(basis[:, [i]] * coef[i] for i in range(terms))
         # Asymmetric least squares: pixels darker than the surface (ink, or noise) barely count,
         # so it rises to the paper whatever share of the image the digit covers.
         darker = (fitted - small).mean(axis=1) > 0
         weights = np.where(darker, BACKGROUND_ASYMMETRY, 1.0 - BACKGROUND_ASYMMETRY).astype(np.float32)[:, None]
-    # The surface is smooth, so bilinear enlargement of its small copy is exact to a thousandth.
-    surface = fitted.reshape(small_size[1], small_size[0], channels).astype(np.float32)
-    return np.stack(
-        [np.asarray(Image.fromarray(surface[:, :, c], "F").resize((width, height), Image.Resampling.BILINEAR)) for c in range(channels)],
-        axis=2,
-    )
+    return fitted.reshape(rows, cols, channels).astype(np.float32)
 
 
 def _quadratic_basis(height: int, width: int) -> np.ndarray:
@@ -446,13 +354,15 @@ def _quadratic_basis(height: int, width: int) -> np.ndarray:
 def _stretch(strength: np.ndarray) -> np.ndarray:
     """Map paper to 0 and strokes to 1 with a soft threshold set from the noise and the ink's level."""
     sample = strength[::2, ::2]  # a quarter of the pixels is plenty for medians and a percentile
-    paper_level = float(_median(sample))
-    noise = 1.4826 * float(_median(np.abs(sample - paper_level)))
+    paper_level, noise = _paper_statistics(sample)
     floor = paper_level + max(NOISE_SIGMAS * noise, MIN_NOISE_FLOOR)
     candidates = sample[sample > floor]
     if candidates.size == 0:
         return np.zeros_like(strength)
-    contrast = float(_percentiles(candidates, (90.0,))[0]) - paper_level
+    # The ink's level: what the strongest tenth of the candidates reach; where they are many (ruled lines, shading
+    # the surface missed), what the strongest INK_SHARE of all pixels reach: the digit's strokes, not the faint mass.
+    strongest = min(0.1 * candidates.size, max(1.0, INK_SHARE * sample.size))
+    contrast = float(_percentiles(candidates, (100.0 * (1.0 - strongest / candidates.size),))[0]) - paper_level
     if contrast < MIN_CONTRAST:
         return np.zeros_like(strength)
     low = max(paper_level + INK_LOW * contrast, floor)
@@ -460,6 +370,31 @@ def _stretch(strength: np.ndarray) -> np.ndarray:
     stretched = np.subtract(strength, low, dtype=np.float32)  # in place from here: no temporaries
     np.divide(stretched, high - low, out=stretched)
     return np.clip(stretched, 0.0, 1.0, out=stretched)
+
+
+def _paper_statistics(strength: np.ndarray) -> tuple[float, float]:
+    """The paper's level in a map of ink strength, and its noise's standard deviation: the median and the scaled
+    median absolute deviation of the pixels, with those far above the level (ink) clipped away and the two
+    measured again until no more go (one-sided sigma clipping, as astronomers measure the sky between stars).
+
+    Measured once over all pixels, both are the paper's only while ink covers a small share of the picture: a
+    digit cropped to its strokes covers 20 to 50% of it, and its antialiased rims alone make the deviation
+    several times the noise, so that no pixel would stand out of it.
+    """
+    values = strength.ravel()
+    level = float(_median(values))
+    # The first clip uses the noise of differences between neighbours, which strokes and rims barely touch: the
+    # deviation of all pixels would be the ink's spread, and keep the ink. (Blur lowers it; the rounds raise it again.)
+    noise = 1.4826 * float(_median(np.abs(np.diff(values)))) / math.sqrt(2) if values.size > 1 else 0.0
+    paper = values
+    for _ in range(PAPER_CLIP_ROUNDS):
+        kept = values[values <= level + PAPER_CLIP_SIGMAS * noise]
+        if kept.size == paper.size:
+            break
+        paper = kept
+        level = float(_median(paper))
+        noise = 1.4826 * float(_median(np.abs(paper - level)))  # 1.4826 x MAD is the deviation of a normal distribution
+    return level, noise
 
 
 def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[np.floating]:
@@ -495,151 +430,3 @@ def _median(values: np.ndarray) -> np.floating:
 
 
 # Shape -----------------------------------------------------------------------------------------------
-
-
-def _label(mask: np.ndarray) -> np.ndarray:
-    """Connected pieces (8-neighbour) of a boolean mask: 0 off the mask, else the piece's number from 1."""
-    return ndimage.label(mask, structure=np.ones((3, 3), bool))[0]
-
-
-def _digit_pieces(ink: np.ndarray) -> np.ndarray:
-    """Keep the digit's connected pieces of ink; drop specks, and lines or edges that run across the image.
-
-    A piece touching the image's border and spanning most of its width or height is a notebook's
-    margin line, a table's edge or a shadow, when the image also holds a digit-sized piece clear of
-    the border; a piece with under MIN_PIECE of the largest remaining piece's area is a speck.
-    """
-    if not ink.any():
-        return ink
-    height, width = ink.shape
-    block = max(1, -(-max(height, width) // PIECE_GRID_SIDE))
-    # Pieces are found on a coarse grid (max-pooled, so thin strokes stay joined) to keep this cheap.
-    padded = np.zeros((-(-height // block) * block, -(-width // block) * block), ink.dtype)  # as np.pad, but quicker
-    padded[:height, :width] = ink
-    # (Each block's maximum, over rows, then columns: as reshape(...).max(axis=(1, 3)), which numpy runs 10 times slower.)
-    rows_pooled = np.maximum.reduce([padded[dy::block] for dy in range(block)])
-    coarse = np.maximum.reduce([rows_pooled[:, dx::block] for dx in range(block)])
-    labels = _label(coarse > 0.5)
-    pieces, area, top, bottom, left, right = _piece_boxes(labels)
-    if pieces.size == 0:
-        return np.zeros_like(ink)
-    rows, cols = labels.shape
-    on_border = (top == 0) | (left == 0) | (bottom == rows - 1) | (right == cols - 1)
-    spans = (bottom - top + 1 >= FRAME_SPAN * rows) | (right - left + 1 >= FRAME_SPAN * cols)
-    digit_sized = np.maximum(bottom - top, right - left) + 1 >= MIN_DIGIT_SPAN * max(rows, cols)
-    candidate = ~(on_border & spans) if (~on_border & digit_sized).any() else np.ones_like(on_border)
-    kept = pieces[candidate & (area >= MIN_PIECE * area[candidate].max())]
-    is_kept = np.zeros(len(pieces) + 1, bool)
-    is_kept[kept] = True
-    # Let the antialiased rim of a kept piece through: grow the mask by one coarse cell.
-    keep = _window_extreme(is_kept[labels], 3, np.maximum)
-    full = np.repeat(np.repeat(keep, block, axis=0), block, axis=1)[:height, :width]
-    return ink * full
-
-
-def _piece_boxes(labels: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Each piece's label, area and bounding box (top, bottom, left, right, inclusive) as arrays."""
-    boxes = ndimage.find_objects(labels)  # one pair of slices per label 1, 2, ..., in order
-    pieces = np.arange(1, len(boxes) + 1)
-    area = np.bincount(labels.ravel(), minlength=len(boxes) + 1)[1:]
-    top, bottom, left, right = (np.array([getattr(box[axis], end) for box in boxes], int)
-                                for axis, end in ((0, "start"), (0, "stop"), (1, "start"), (1, "stop")))
-    return pieces, area, top, bottom - 1, left, right - 1
-
-
-def _crop(ink: np.ndarray) -> np.ndarray:
-    """The smallest rectangle holding all the ink."""
-    rows = np.flatnonzero(ink.any(axis=1))
-    cols = np.flatnonzero(ink.any(axis=0))
-    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-
-
-def _stroke_width(ink: np.ndarray) -> float:
-    """Mean stroke width in pixels: twice the inked area over its outline's length (a stroke is a long thin band)."""
-    mask = ink > 0.5
-    outline = np.count_nonzero(mask[1:] != mask[:-1]) + np.count_nonzero(mask[:, 1:] != mask[:, :-1])
-    outline += np.count_nonzero(mask[[0, -1]]) + np.count_nonzero(mask[:, [0, -1]])
-    return 2.0 * np.count_nonzero(mask) / max(outline, 1)
-
-
-def _normalise_stroke(digit: np.ndarray) -> np.ndarray:
-    """Thicken hairlines and thin heavy strokes towards MNIST's width, as it will be once scaled to the box.
-
-    A network trained on MNIST reads a fine-pen digit, 1 pixel wide after scaling, far worse than the
-    same digit at MNIST's 2 pixels; a marker's or an 8x8 thumbnail's blobs read worse too.
-    """
-    width = _stroke_width(digit)
-    change = STROKE_TARGET * max(digit.shape) / BOX - width  # pixels of width to add, or remove, at this scale
-    if change < 0:
-        change = max(change, -MAX_THINNING * width)  # thin no more than this, or narrow parts vanish
-    # A max (min) filter of size k adds (removes) k - 1 pixels: within half a pixel of the target, none. (An
-    # even k moves the digit by half a pixel, which centring by mass undoes.)
-    size = round(abs(change)) + 1
-    if size < 2:
-        return digit
-    # A square max (min) filter, as Pillow's MaxFilter (MinFilter), on a frame wide enough to hold a thickened digit.
-    changed = _window_extreme(digit.astype(np.float32, copy=False), size, np.maximum if change > 0 else np.minimum, margin=size)
-    return _crop(changed) if changed.max() > 0.5 else digit
-
-
-def _window_extreme(image: np.ndarray, size: int, extreme: np.ufunc, margin: int = 0) -> np.ndarray:
-    """The maximum (extreme=np.maximum) or minimum of each size x size square around each pixel, 0 beyond the
-    edges, for the image in a frame of zeros `margin` pixels wide.
-
-    As scipy.ndimage's maximum_filter (minimum_filter) with mode="constant" of np.pad(image, margin), to
-    the bit, for odd sizes, and 5 to 7 times faster on a 205x163 image: the square's extreme is the extreme
-    along its rows of the extremes along its columns, and each of those is made by doubling: of 2
-    neighbours, of 4, and so on. An even size has no centre pixel: the result is then one pixel taller
-    and wider, the squares reaching half a pixel further on one side than on the other.
-    """
-    out = _framed(image, margin + size // 2)
-    for axis in (0, 1):
-        span = 1  # each element of `out` holds the extreme of `span` consecutive pixels along the axis
-        while 2 * span <= size:
-            out = extreme(_slice(out, axis, 0, -span), _slice(out, axis, span, None))
-            span *= 2
-        if span < size:  # two overlapping runs of `span` cover the `size` pixels
-            out = extreme(_slice(out, axis, 0, span - size), _slice(out, axis, size - span, None))
-    return out
-
-
-def _framed(image: np.ndarray, width: int) -> np.ndarray:
-    """The image in a frame of zeros `width` pixels wide: np.pad(image, width), at a fraction of its cost on small images."""
-    height, image_width = image.shape
-    out = np.zeros((height + 2 * width, image_width + 2 * width), image.dtype)
-    out[width : width + height, width : width + image_width] = image
-    return out
-
-
-def _slice(array: np.ndarray, axis: int, start: int, stop: int | None) -> np.ndarray:
-    """array[start:stop] along axis 0 or 1."""
-    return array[start:stop] if axis == 0 else array[:, start:stop]
-
-
-def _fit_box(digit: np.ndarray) -> np.ndarray:
-    """Scale so the longest side is BOX pixels, keeping the aspect ratio, antialiased."""
-    height, width = digit.shape
-    scale = BOX / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resample = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR
-    scaled = Image.fromarray(digit.astype(np.float32, copy=False), "F").resize(size, resample, reducing_gap=2.0 if scale < 1 else None)
-    return np.clip(np.asarray(scaled, np.float32), 0.0, 1.0)
-
-
-def _place_by_mass(digit: np.ndarray) -> np.ndarray:
-    """Put the digit in a 28x28 frame so its center of mass lands on (14, 14), as MNIST did.
-
-    The shift is rounded to whole pixels (MNIST's centers spread +-0.3 pixel) and limited so that no
-    ink leaves the frame.
-    """
-    height, width = digit.shape
-    mass = float(digit.sum())
-    if mass <= 0:
-        return np.zeros((FRAME, FRAME), np.float32)
-    center_row = float((digit.sum(axis=1) * np.arange(height)).sum() / mass)
-    center_col = float((digit.sum(axis=0) * np.arange(width)).sum() / mass)
-    top = min(max(round(CENTER - center_row), 0), FRAME - height)
-    left = min(max(round(CENTER - center_col), 0), FRAME - width)
-    frame = np.zeros((FRAME, FRAME), np.float32)
-    frame[top : top + height, left : left + width] = digit
-    return frame

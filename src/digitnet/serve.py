@@ -182,11 +182,8 @@ class BatchedReader:
     preprocessing, then one forward pass for all, then each answer.
 
     Under load several requests are ready at each turn. Running each stage over all of them keeps its
-    code in the CPU's caches: a forward pass between two preprocessings took 0.2 to 0.35 ms of its
-    thread's CPU, against 0.02 to 0.04 ms in a tight loop, and as long for a 784-16-10 network as for
-    784-512-10 (timed by the clock): the time is not in the arithmetic. In two alternating pairs of load
-    tests the server spent 3.5 and 4.0 ms of CPU a request so, against 3.7 and 4.2 ms with one forward pass
-    a turn but each request read on its own.
+    code in the CPU's caches: a forward pass between two preprocessings costs several times what it costs in
+    a tight loop, whatever the network's size, so the time is not in the arithmetic (docs/serve-speed.md).
     """
 
     def __init__(self, predictor: Predictor) -> None:
@@ -426,10 +423,9 @@ class HandedConnectionsServer(uvicorn.Server):
 def loaded_app(model: str | os.PathLike) -> FastAPI:
     """The app with its model loaded, and all that loading made kept out of the garbage collector's scans."""
     app = create_app(load_predictor(model))
-    # Keras, JAX and the model leave about 300,000 long-lived objects, and a full collection scans them all:
-    # 230 ms measured, during which every request in flight waits; under load that made 1 to 2% of the
-    # requests take twice as long as the rest. Frozen, they are never scanned again; each request's own
-    # garbage still is, by the cheap young-generation collections.
+    # Keras, JAX and the model leave some 300,000 long-lived objects, and a full collection scans them all
+    # while every request in flight waits. Frozen, they are never scanned again; each request's own garbage
+    # still is, by the cheap young-generation collections.
     gc.collect()
     gc.freeze()
     return app
@@ -471,8 +467,8 @@ def load_predictor(model: str | os.PathLike) -> Predictor:
     """The model's Predictor, set up for one request at a time."""
     # For a network that goes through XLA (one the NumPy forward pass does not know): one image through a
     # small MLP takes microseconds, and computing it on the calling thread is cheaper than XLA's default
-    # hand-off to its own thread (measured 26 against 68 us a call, and far worse on a busy machine). The
-    # setting applies to the CPU backend JAX creates next, so it comes first.
+    # hand-off to its own thread, the more so on a busy machine. The setting applies to the CPU backend JAX
+    # creates next, so it comes first.
     jax.config.update("jax_cpu_enable_async_dispatch", False)
     # A worker is one core's worth of server: BLAS threads of its own for an (N, 784) x (784, H) product
     # would only contend with the other workers.
