@@ -18,15 +18,13 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from digitnet.preprocess import ImageError, load_image
+from digitnet.images import ALPHA_MODES, DEEP_MODES, ImageError, load_image
 
 FRAME = 28  # Fashion-MNIST's image side, pixels
 WORK_SIDE = 512  # photos are box-averaged down to about this long side first: the 28x28 result needs no more
 CLOSENESS = 0.05 * 255  # a pixel within this RMS distance of the corners' colour is background (the data set's 5%)
 CORNER = 0.03  # corner patches this share of the shorter side wide give the background's colour
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as Pillow makes grey of RGB
-_ALPHA_MODES = ("LA", "PA", "RGBA", "RGBa")
-_DEEP_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 # What `digitnet predict` says it does for a Fashion-MNIST model, instead of the handwriting steps.
 NOTE = ("a Fashion-MNIST model: each image is made grey, trimmed to the object (the edges of the corners' colour), "
@@ -61,12 +59,12 @@ def working_copy(image: Image.Image) -> np.ndarray:
 
     Transparency is laid on white, the background of the product photos; 16- and 32-bit grey is scaled to 8 bits.
     """
-    if image.mode in _DEEP_MODES:
+    if image.mode in DEEP_MODES:
         grey = np.asarray(image, np.float32)
         top = float(grey.max())
         image = Image.fromarray(np.round(grey * (255 / (65535 if top > 255 else 255 if top > 1 else 1))).clip(0, 255)
                                 .astype(np.uint8))
-    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+    if image.mode in ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     image = image.convert("RGB")
