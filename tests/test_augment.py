@@ -1,4 +1,5 @@
-"""Elastic and affine distortion: shapes, ranges, determinism, scales, and digits that stay the same digit."""
+"""Elastic and affine distortion: shapes, ranges, determinism, scales, and digits that stay the same digit; mirroring
+of clothes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from digitnet.augment import bilinear_sample, distort, elastic_displacement, gaussian_smoothing_matrix
+from digitnet.augment import bilinear_sample, distort, elastic_displacement, gaussian_smoothing_matrix, mirror
 from digitnet.config import TrainConfig
 
 DEFAULTS = TrainConfig(augment="elastic")  # the literature's strengths: alpha 34, sigma 4, 0.2 rad, 15%, 0.3
@@ -145,3 +146,13 @@ def test_distort_runs_inside_a_jitted_scan_with_a_fresh_distortion_per_step():
     out = np.asarray(epoch(jax.random.key(11)))
     assert out.shape == (3, 4, 28, 28)
     assert np.abs(out[0] - out[1]).mean() > 0.01
+
+
+def test_mirror_flips_about_half_the_images_left_to_right_and_keeps_the_rest(fashion):
+    images = jnp.asarray(fashion.train_images[:1000] / 255.0, jnp.float32)
+    mirrored = np.asarray(mirror(jax.random.key(0), images))
+    flipped = np.array([np.array_equal(m, i[:, ::-1]) for m, i in zip(mirrored, np.asarray(images))])
+    kept = np.array([np.array_equal(m, i) for m, i in zip(mirrored, np.asarray(images))])
+    assert (flipped | kept).all() and 450 < flipped.sum() < 550
+    assert mirrored.dtype == np.float32 and mirrored.shape == images.shape
+    np.testing.assert_array_equal(np.asarray(mirror(jax.random.key(0), images)), mirrored)  # same key, same choices

@@ -1,4 +1,5 @@
-"""Elastic and affine distortion of digit images, on the device, inside the compiled training epoch.
+"""Elastic and affine distortion of digit images, and mirroring of clothes, on the device, inside the compiled
+training epoch.
 
 Simard, Steinkraus and Platt (2003), "Best practices for convolutional neural networks applied to visual
 document analysis", section 2: each image gets a random displacement field (uniform noise in [-1, 1] per
@@ -47,6 +48,16 @@ def distort(key: jax.Array, images: jax.Array, config: TrainConfig) -> jax.Array
         d_rows, d_cols = elastic_displacement(field_key, batch, config.elastic_alpha, config.elastic_sigma)
         rows, cols = rows + d_rows, cols + d_cols
     return jnp.clip(bilinear_sample(images, rows, cols), 0.0, 1.0).astype(images.dtype)
+
+
+def mirror(key: jax.Array, images: jax.Array) -> jax.Array:
+    """Each image of `images` (B, 28, 28) flipped left to right or kept, with even odds; same shape and dtype.
+
+    For clothing, not digits: a shirt or a shoe seen in a mirror is still a shirt or a shoe, a mirrored 3 is
+    no digit. The same key gives the same choices.
+    """
+    flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1))
+    return jnp.where(flip, images[:, :, ::-1], images)
 
 
 def affine_grid(key: jax.Array, batch: int, config: TrainConfig) -> tuple[jax.Array, jax.Array]:

@@ -95,7 +95,7 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help=f"Seeds weights, split, shuffling, augmentation: 0 to {MAX_SEED}. (default: {DEFAULTS.seed})", show_default=False)] = None,
     val_size: ValSizeOption = None,
     train_size: TrainSizeOption = None,
-    augment: Annotated[Optional[str], typer.Option(help=f"{', '.join(AUGMENTATIONS)}: distort training images afresh each epoch. (default: {DEFAULTS.augment})", show_default=False)] = None,
+    augment: Annotated[Optional[str], typer.Option(help=f"{', '.join(AUGMENTATIONS)}: distort (digits) or mirror (clothes) training images afresh each epoch. (default: {DEFAULTS.augment})", show_default=False)] = None,
     dataset: DatasetOption = None,
     recipe: Annotated[Optional[str], typer.Option(help="Start from a named recipe (flags given override it). See --list-recipes.")] = None,
     list_recipes: Annotated[bool, typer.Option("--list-recipes", help="List the recipes and exit.")] = False,

@@ -15,7 +15,7 @@ from digitnet.errors import DigitnetError
 ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "elu", "gelu", "selu", "softplus", "swish", "leaky_relu")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("cosine", "constant")
-AUGMENTATIONS = ("none", "elastic")
+AUGMENTATIONS = ("none", "elastic", "mirror")
 DATASET_NAMES = ("mnist", "fashion-mnist")  # the data sets digitnet.data describes (its DATASETS)
 FULL_BATCH = "full"
 N_TRAIN = 60000  # training images of either data set, from which the validation split is carved
@@ -43,7 +43,7 @@ class TrainConfig:
     seed: int = 0  # seeds initialisation, the validation split, shuffling and augmentation
     val_size: int = 5000  # images carved from the 60,000 training images for validation
     train_size: int | None = None  # use only the first N training images after the split (small runs, tests)
-    augment: str = "none"  # "elastic": distort each training image afresh every epoch, on the device
+    augment: str = "none"  # "elastic": distort each image afresh every epoch; "mirror": flip half (clothes only)
     elastic_alpha: float = 34.0  # elastic displacement scale, pixels (Simard et al. 2003)
     elastic_sigma: float = 4.0  # Gaussian smoothing of the displacement field, pixels (Simard et al. 2003)
     max_rotation: float = 0.2  # radians, uniform in [-r, r]

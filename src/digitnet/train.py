@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from digitnet.augment import distort
+from digitnet.augment import distort, mirror
 from digitnet.config import TrainConfig
 from digitnet.data import Mnist, Splits, expect_dataset, load_dataset, split_validation
 from digitnet.errors import DigitnetError
@@ -147,6 +147,8 @@ def train_step(network: keras.Model, optimizer: keras.optimizers.Optimizer, conf
     x, y, weights, key = batch
     if config.augment == "elastic":
         x = distort(key, x.reshape(-1, 28, 28), config).reshape(-1, N_PIXELS)
+    elif config.augment == "mirror":
+        x = mirror(key, x.reshape(-1, 28, 28)).reshape(-1, N_PIXELS)
 
     def loss_fn(trainable):
         logits, new_non_trainable = network.stateless_call(trainable, non_trainable, x, training=True)
