@@ -140,14 +140,14 @@ def render_html(
     activations = ", ".join(sorted(set(config.activations))) or "none"
     dataset = get_dataset(config.dataset)
     noun = plots.class_labels(dataset.classes)[1]
+    on = "" if dataset.name == "mnist" else f", on {_e(dataset.title)}"  # MNIST's reports read as they always did
     extras = {"per_class": _per_class_table(evaluation, dataset.classes, noun)}
     figures = {key: _figure(key, path, extras.get(key, ""), noun) for key, path in images.items()}
     body = f"""
 <header>
   <h1>Run <code>{_e(name)}</code></h1>
   <p class="lede">A {_e(sizes)} network ({_e(activations)}), trained for {metrics.get('epochs', config.epochs)} epochs
-  with {_e(config.optimizer)} at learning rate {config.learning_rate:g} and batch size {_e(config.batch_size)},
-  on {_e(dataset.title)}.</p>
+  with {_e(config.optimizer)} at learning rate {config.learning_rate:g} and batch size {_e(config.batch_size)}{on}.</p>
   {_cards(metrics, evaluation)}
   <nav>{' '.join(f'<a href="#{key}">{_e(TITLES[key].format(noun=noun))}</a>' for key in images)}
   <a href="#metrics">Metrics</a> <a href="#config">Configuration</a> <a href="#summary">Model summary</a></nav>
