@@ -160,3 +160,33 @@ def test_the_page_fits_a_phone_screen(browser_context, server_url):
     draw(page, *ONE)  # pointer events: the same code path serves mouse, pen and touch
     assert answer(page) == "1"
     page.close()
+
+
+def test_a_fashion_mnist_model_names_its_classes_on_the_page(browser_context, tmp_path):
+    """An untrained 784-16-10 Fashion-MNIST run: the page asks for clothing and names the ten classes."""
+    from conftest import fake_run
+
+    from digitnet.data import class_names
+
+    folder = fake_run(tmp_path / "fashion-run", TrainConfig(hidden=(16,), dataset="fashion-mnist"))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(Predictor.load(folder)), log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    page = browser_context.new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{sock.getsockname()[1]}")
+        sync_api.expect(page.locator("#hint")).to_contain_text("Draw a piece of clothing")
+        sync_api.expect(page.locator("#bars .label")).to_have_text(list(class_names("fashion-mnist")))
+        draw(page, [(0.3, 0.15), (0.7, 0.15), (0.75, 0.85)], [(0.3, 0.15), (0.25, 0.85)])
+        assert answer(page) in class_names("fashion-mnist")
+        assert page.locator("#bars li.top .label").inner_text() == answer(page)
+    finally:
+        page.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

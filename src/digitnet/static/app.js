@@ -152,7 +152,7 @@ async function sendDrawing() {
 function showResult(answer) {
   // answer: the /predict object, or null for an empty canvas.
   const probabilities = answer ? answer.probabilities : new Array(10).fill(0);
-  digit.textContent = answer ? answer.class ?? String(answer.label) : "?";
+  digit.textContent = answer ? answer.class : "?";
   confidence.textContent = answer ? `${(100 * answer.probability).toFixed(1)}% sure` : "draw to begin";
   bars.forEach(({ row, fill, value }, i) => {
     fill.style.width = `${(100 * probabilities[i]).toFixed(1)}%`;
@@ -179,6 +179,7 @@ async function showModel() {
 function showClothes(classes) {
   // A Fashion-MNIST model: its ten classes by name, and what its inputs are made like.
   document.title = "digitnet: draw a piece of clothing";
+  canvas.setAttribute("aria-label", "Drawing area: draw one piece of clothing with the mouse, a pen or a finger");
   document.getElementById("hint").textContent =
     "Draw a piece of clothing (a T-shirt, trousers, a shoe, a bag...) filling the black square, light on black.";
   document.getElementById("seen-caption").innerHTML =
