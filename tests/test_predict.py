@@ -25,6 +25,8 @@ from digitnet.model import load_model
 from digitnet.run import RunDir, model_file
 from digitnet.predict import BATCH_SIZES, Predictor
 from digitnet.preprocess import ImageError, preprocess
+from digitnet.segment import split_digits
+from hardcases import number_picture
 
 
 
@@ -57,6 +59,9 @@ def images(tmp_path_factory) -> dict[str, Path]:
     return {**good, **bad, "missing": folder / "missing.png"}
 
 
+ONE_DIGIT_KEYS = {"file", "label", "probability", "probabilities", "number", "digits"}
+
+
 def invoke(*args: str):
     """Run the CLI in-process; stdout and stderr kept apart."""
     return CliRunner().invoke(app, [str(arg) for arg in args])
@@ -77,11 +82,52 @@ def test_predict_json_has_the_documented_keys(run_dir, images):
     results = json.loads(result.stdout)
     assert [r["file"] for r in results] == [str(images["dark"]), str(images["jpeg"])]
     for r in results:
-        assert set(r) == {"file", "label", "probability", "probabilities"}
+        assert set(r) == ONE_DIGIT_KEYS
         assert len(r["probabilities"]) == 10 and all(isinstance(p, float) for p in r["probabilities"])
         assert sum(r["probabilities"]) == pytest.approx(1.0, abs=1e-4)
         assert r["label"] == int(np.argmax(r["probabilities"]))
         assert r["probability"] == max(r["probabilities"])
+        assert r["number"] == str(r["label"])
+        [digit] = r["digits"]
+        assert {key: digit[key] for key in ("label", "probability", "probabilities")} == {
+            key: r[key] for key in ("label", "probability", "probabilities")}
+        left, top, right, bottom = digit["box"]
+        width, height = Image.open(r["file"]).size
+        assert 0 <= left < right <= width and 0 <= top < bottom <= height
+
+
+def number_png(path: Path, text: str) -> tuple[Path, list[tuple]]:
+    """A photo-like picture of a number written as separate digits, and the box drawn for each."""
+    picture, boxes = number_picture(text, "tune", np.random.default_rng(7), canvas=False)
+    Image.fromarray(np.round(np.clip(picture, 0, 1) * 255).astype(np.uint8), "RGB").save(path)
+    return path, boxes
+
+
+def test_a_number_is_read_digit_by_digit_left_to_right(run_dir, tmp_path):
+    path, boxes = number_png(tmp_path / "2026.png", "2026")
+    result = invoke("predict", run_dir, path, "--json", "--save-preprocessed", tmp_path / "seen")
+    assert result.exit_code == 0, result.output
+    [r] = json.loads(result.stdout)
+    assert set(r) == {"file", "number", "digits"}  # no one label for the whole
+    expected = Predictor.load(run_dir).predict_arrays(np.stack([d.pixels for d in split_digits(Image.open(path))]))
+    assert r["number"] == "".join(str(int(np.argmax(p))) for p in expected) and len(r["number"]) == 4
+    lefts = [digit["box"][0] for digit in r["digits"]]
+    assert lefts == sorted(lefts) and all(left >= box[0] - 10 for left, box in zip(lefts, boxes))
+    for place, digit in enumerate(r["digits"], start=1):
+        assert digit["label"] == int(r["number"][place - 1])
+        assert digit["preprocessed"] == str(tmp_path / "seen" / f"2026_{place}_28x28.png")
+        np.testing.assert_allclose(digit["probabilities"], expected[place - 1], atol=1e-6)
+    line = invoke("predict", run_dir, path).stdout.strip()
+    assert re.fullmatch(rf"{re.escape(str(path))}: {r['number']} \(\d p=[01]\.\d{{3}}(, \d p=[01]\.\d{{3}}){{3}}\)", line)
+
+
+def test_one_digit_reads_the_whole_ink_as_one_digit(run_dir, tmp_path):
+    path, _ = number_png(tmp_path / "42.png", "42")
+    result = invoke("predict", run_dir, path, "--json", "--one-digit")
+    [r] = json.loads(result.stdout)
+    assert set(r) == ONE_DIGIT_KEYS and len(r["digits"]) == 1
+    np.testing.assert_allclose(r["probabilities"], Predictor.load(run_dir).predict_arrays(preprocess(path)[None])[0],
+                               atol=1e-6)
 
 
 def test_bad_files_get_errors_and_exit_code_1_while_good_ones_are_predicted(run_dir, images):
@@ -89,7 +135,7 @@ def test_bad_files_get_errors_and_exit_code_1_while_good_ones_are_predicted(run_
     result = invoke("predict", run_dir, images["dark"], *bad, "--json")
     assert result.exit_code == 1
     results = json.loads(result.stdout)
-    assert set(results[0]) == {"file", "label", "probability", "probabilities"}
+    assert set(results[0]) == ONE_DIGIT_KEYS
     for r, path in zip(results[1:], bad):
         assert set(r) == {"file", "error"} and r["file"] == str(path) and r["error"]
     assert len(result.stderr.strip().splitlines()) == len(bad)

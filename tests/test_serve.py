@@ -33,9 +33,10 @@ from digitnet.config import TrainConfig
 from digitnet.machine import available_cores
 from digitnet.model import build_model
 from digitnet.predict import Predictor
+from hardcases import number_picture
 from digitnet.serve import MAX_BODY_BYTES, BatchedReader, create_app, hand_out_connections, listen_socket, loaded_app, predict_image
 
-PREDICTION_KEYS = {"file", "label", "probability", "probabilities"}  # as `digitnet predict --json`
+PREDICTION_KEYS = {"file", "label", "probability", "probabilities", "number", "digits"}  # as `digitnet predict --json`
 SMALL_LIMIT = 64 * 1024  # bytes; a body limit that tests can exceed cheaply
 
 
@@ -75,6 +76,8 @@ def assert_prediction(answer: dict, file: str) -> None:
     assert header == "data:image/png;base64"
     seen = Image.open(io.BytesIO(base64.b64decode(payload)))
     assert seen.size == (28, 28) and seen.mode == "L"
+    assert answer["number"] == str(answer["label"]) and len(answer["digits"]) == 1
+    assert answer["digits"][0]["preprocessed"] == answer["preprocessed"]
 
 
 def assert_client_error(response, status: int | None = None) -> None:
@@ -93,7 +96,26 @@ def test_upload_answers_the_predict_json_object(client, predictor, tmp_path):
     assert_prediction(answer, "one.png")
     (tmp_path / "one.png").write_bytes(png)
     cli_object = predictor.predict_sources([tmp_path / "one.png"], names=["one.png"])[0]
+    for digit in answer["digits"]:
+        del digit["preprocessed"]  # a data URL here; a file, when asked for, on the command line
     assert {key: answer[key] for key in PREDICTION_KEYS} == cli_object
+
+
+def test_a_number_answers_each_digit_in_order_with_its_picture(client, predictor):
+    picture, _ = number_picture("907", "tune", np.random.default_rng(3), canvas=False)
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(np.clip(picture, 0, 1) * 255).astype(np.uint8), "RGB").save(buffer, format="PNG")
+    response = client.post("/predict", files={"file": ("907.png", buffer.getvalue(), "image/png")})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert set(answer) == {"file", "number", "digits"} and len(answer["digits"]) == 3
+    assert answer["number"] == "".join(str(digit["label"]) for digit in answer["digits"])
+    assert all(digit["preprocessed"].startswith("data:image/png;base64,") for digit in answer["digits"])
+    lefts = [digit["box"][0] for digit in answer["digits"]]
+    assert lefts == sorted(lefts)
+    whole = client.post("/predict?one_digit=true", files={"file": ("907.png", buffer.getvalue(), "image/png")})
+    assert_prediction(whole.json(), "907.png")
+    assert_client_error(client.post("/predict?one_digit=maybe", files={"file": ("907.png", buffer.getvalue())}), 422)
 
 
 def test_canvas_data_url_is_named_canvas(client):
@@ -390,8 +412,10 @@ def test_drawings_ready_together_share_one_forward_pass(predictor):
     assert counting.batches == [3]  # the three readable drawings
     for i, data in enumerate(drawings[:3]):  # as each alone would get, but for float rounding in the batch
         alone = predict_image(predictor, f"d{i}", data)
-        assert answers[i]["probabilities"] == pytest.approx(alone.pop("probabilities"), abs=1e-6)
-        assert {key: answers[i][key] for key in alone} == pytest.approx(alone, abs=1e-6)
+        for answer in (alone, alone["digits"][0]):
+            answer["probabilities"] = pytest.approx(answer["probabilities"], abs=1e-6)
+            answer["probability"] = pytest.approx(answer["probability"], abs=1e-6)
+        assert answers[i] == alone
     assert [(error.status_code, error.detail.split(":")[0]) for error in answers[3:]] == [(422, "d3"), (422, "d4")]
     assert read_together(BatchedReader(counting), drawings[:1])[0]["label"] == answers[0]["label"]
     assert counting.batches == [3, 1]

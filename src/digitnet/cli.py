@@ -198,28 +198,39 @@ def predict(
         ..., metavar="MODEL", help="A training run folder (its model.keras is used) or a .keras file."
     ),
     images: list[Path] = typer.Argument(
-        ..., metavar="IMAGE...", help="Image files (PNG, JPEG, ...), one digit each, any size."
+        ..., metavar="IMAGE...", help="Image files (PNG, JPEG, ...), any size: a digit, or a number written as digits side by side."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON list, one object per file."),
     save_preprocessed: Optional[Path] = typer.Option(
-        None, "--save-preprocessed", metavar="DIR", help="Also write the 28x28 PNG the network saw into DIR."
+        None, "--save-preprocessed", metavar="DIR", help="Also write the 28x28 PNG the network saw for each digit into DIR."
     ),
+    one_digit: bool = typer.Option(False, "--one-digit", help="Read each image as one digit, without splitting its ink."),
 ) -> None:
-    """Read the digit in each image. Exit code 1 if any file could not be read."""
+    """Read the digits in each image. Exit code 1 if any file could not be read."""
     # Imported here so that `digitnet --help` does not wait for JAX and Keras to load.
     from digitnet.predict import Predictor
 
-    results = Predictor.load(model).predict_sources(images, save_dir=save_preprocessed)
+    results = Predictor.load(model).predict_sources(images, save_dir=save_preprocessed, one_digit=one_digit)
     for result in results:
         if "error" in result:
             print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
         elif not json_output:
-            saw = f", saved as {result['preprocessed']}" if "preprocessed" in result else ""
-            print(f"{result['file']}: {result['label']} (p={result['probability']:.3f}){saw}")
+            print(f"{result['file']}: {describe_reading(result)}")
     if json_output:
         print(json.dumps(results, indent=2))
     if any("error" in result for result in results):
         raise typer.Exit(1)
+
+
+def describe_reading(result: dict) -> str:
+    """One line for a reading: "7 (p=0.998)", or "2026 (2 p=0.991, 0 p=0.970, ...)" for a number."""
+    digits = result["digits"]
+    saved = [digit["preprocessed"] for digit in digits if "preprocessed" in digit]
+    saw = f", saved as {', '.join(saved)}" if saved else ""
+    if len(digits) == 1:
+        return f"{result['label']} (p={result['probability']:.3f}){saw}"
+    each = ", ".join(f"{digit['label']} p={digit['probability']:.3f}" for digit in digits)
+    return f"{result['number']} ({each}){saw}"
 
 
 @app.command()

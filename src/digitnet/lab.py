@@ -44,7 +44,7 @@ from digitnet.serve import (
     listen_socket,
     parse_data_url_json,
     read_body,
-    read_image,
+    read_number,
     url,
 )
 
@@ -280,7 +280,7 @@ def create_app(lab: Lab, token: str | None = None) -> FastAPI:
         """A drawing read by the run's model: probabilities and each layer's activations."""
         folder = lab.finished_run(name)
         data = parse_data_url_json(await read_body(request, MAX_BODY_BYTES))
-        image = read_image("drawing", data)
+        image = read_number("drawing", data, one_digit=True)[0].pixels  # the activations are of one input
         # A drawing is small and the model loaded: answered here, on the event loop, in about a millisecond.
         predictor = lab.models.cached(folder) or await anyio.to_thread.run_sync(lab.models.predictor, folder)
         return JSONResponse(drawing_answer(predictor, image))

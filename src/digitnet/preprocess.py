@@ -104,9 +104,14 @@ def preprocess(source: bytes | str | os.PathLike, *, require_ink: bool = False) 
     """
     pixels = _to_mnist(decode(source))
     if require_ink and not pixels.any():
-        raise ImageError(f"{as_file(source)[1]} shows no digit: it is blank, or its strokes are too faint to tell "
-                         "from the background; write or draw darker")
+        raise no_digit(source)
     return pixels
+
+
+def no_digit(source: bytes | str | os.PathLike) -> ImageError:
+    """The error for an image with no ink to read."""
+    return ImageError(f"{as_file(source)[1]} shows no digit: it is blank, or its strokes are too faint to tell "
+                      "from the background; write or draw darker")
 
 
 # Colour ----------------------------------------------------------------------------------------------

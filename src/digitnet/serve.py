@@ -37,8 +37,9 @@ from digitnet.errors import DigitnetError
 from digitnet.machine import available_cores
 from digitnet.internals import uvicorn_hands_connections, uvicorn_protocol_factory
 from digitnet.interrupts import saves_on_ctrl_c
-from digitnet.predict import Predictor, encode_png, prediction
-from digitnet.preprocess import ImageError, preprocess
+from digitnet.images import ImageError
+from digitnet.predict import Predictor, encode_png, reading
+from digitnet.segment import Digit, read_digits
 from digitnet.run import model_file
 
 # A 280x280 canvas PNG is 3-20 kB and a phone photo of a digit a few MB; anything larger is refused
@@ -86,17 +87,20 @@ def create_app(predictor: Predictor, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
         return description
 
     @app.post("/predict")
-    async def predict(request: Request) -> JSONResponse:
-        """The digit in an uploaded image or a canvas data URL, as `digitnet predict --json` gives it,
-        plus "preprocessed": the 28x28 image the network saw, as a PNG data URL."""
+    async def predict(request: Request, one_digit: bool = False) -> JSONResponse:
+        """The digits in an uploaded image or a canvas data URL, as `digitnet predict --json` gives them, each
+        with "preprocessed": the 28x28 image the network saw, as a PNG data URL. `?one_digit=true` reads the
+        image as one digit, without splitting its ink."""
         body = await read_body(request, max_body_bytes)
         name, data = await parse_image_request(request, body)
         # Drawings are small: reading them on the event loop saves the hand-off to a worker thread (about
         # 0.5 ms of CPU a request). A photo can take a second, so it goes to a worker thread instead and
         # the other clients are not kept waiting.
         if is_small_image(data):
-            return JSONResponse(await read_drawing(name, data))
-        result = await anyio.to_thread.run_sync(predict_image, predictor, name, data, limiter=photo_limiter)
+            return JSONResponse(await read_drawing(name, data, one_digit))
+        result = await anyio.to_thread.run_sync(
+            predict_image, predictor, name, data, one_digit, limiter=photo_limiter
+        )
         return JSONResponse(result)
 
     return app
@@ -190,12 +194,12 @@ class BatchedReader:
         self._predictor = predictor
         self._waiting: list[tuple[str, bytes, asyncio.Future]] = []
 
-    async def __call__(self, name: str, data: bytes) -> dict[str, Any]:
+    async def __call__(self, name: str, data: bytes, one_digit: bool = False) -> dict[str, Any]:
         """The /predict answer for one encoded drawing; HTTPException 422 if it cannot be read."""
         future = asyncio.get_running_loop().create_future()
         if not self._waiting:  # the first of this turn: the batch runs after the requests already ready
             future.get_loop().call_soon(self._run)
-        self._waiting.append((name, data, future))
+        self._waiting.append((name, data, one_digit, future))
         return await future
 
     def _run(self) -> None:
@@ -206,17 +210,18 @@ class BatchedReader:
             for *_, future in waiting:
                 settle(future, error=err)
 
-    def _read(self, waiting: list[tuple[str, bytes, asyncio.Future]]) -> None:
+    def _read(self, waiting: list[tuple[str, bytes, bool, asyncio.Future]]) -> None:
         readable = []
-        for name, data, future in waiting:
+        for name, data, one_digit, future in waiting:
             try:
-                readable.append((name, read_image(name, data), future))
+                readable.append((name, read_number(name, data, one_digit), future))
             except HTTPException as err:  # this drawing cannot be read: 422 for it alone
                 settle(future, error=err)
         if readable:
-            probabilities = self._predictor.predict_arrays(np.stack([image for _, image, _ in readable]))
-            for (name, image, future), result in zip(readable, probabilities):
-                settle(future, result=answer(name, image, result))
+            digits = [digit for _, number, _ in readable for digit in number]
+            probabilities = iter(self._predictor.predict_arrays(np.stack([digit.pixels for digit in digits])))
+            for name, number, future in readable:
+                settle(future, result=answer(name, number, [next(probabilities) for _ in number]))
 
 
 def settle(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
@@ -229,10 +234,10 @@ def settle(future: asyncio.Future, result: Any = None, error: BaseException | No
         future.set_result(result)
 
 
-def read_image(name: str, data: bytes) -> np.ndarray:
-    """The preprocessed (28, 28) image of an encoded image; 422 if it cannot be read."""
+def read_number(name: str, data: bytes, one_digit: bool = False) -> list[Digit]:
+    """The digits of an encoded image, left to right; 422 if it cannot be read."""
     try:
-        return preprocess(data, require_ink=True)
+        return read_digits(data, one=one_digit)
     except ImageError as err:
         raise HTTPException(422, f"{name}: {err}") from None
     except Exception as err:  # any other failure to decode arbitrary bytes is still the input's fault
@@ -240,17 +245,16 @@ def read_image(name: str, data: bytes) -> np.ndarray:
         raise HTTPException(422, f"{name}: cannot read this image ({type(err).__name__})") from None
 
 
-def answer(name: str, image: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
-    """The /predict answer: `digitnet predict --json`'s object, and the image the network saw as a PNG data URL."""
-    result = prediction(name, probabilities)
-    result["preprocessed"] = "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
-    return result
+def answer(name: str, digits: list[Digit], probabilities: list[np.ndarray]) -> dict[str, Any]:
+    """The /predict answer: `digitnet predict --json`'s object, with each digit's 28x28 image as a PNG data URL."""
+    urls = ["data:image/png;base64," + base64.b64encode(encode_png(digit.pixels)).decode("ascii") for digit in digits]
+    return reading(name, digits, probabilities, urls)
 
 
-def predict_image(predictor: Predictor, name: str, data: bytes) -> dict[str, Any]:
+def predict_image(predictor: Predictor, name: str, data: bytes, one_digit: bool = False) -> dict[str, Any]:
     """The /predict answer for one encoded image, computed on the calling thread (photos: a worker thread)."""
-    image = read_image(name, data)
-    return answer(name, image, predictor.predict_arrays(image[np.newaxis])[0])
+    digits = read_number(name, data, one_digit)
+    return answer(name, digits, list(predictor.predict_arrays(np.stack([digit.pixels for digit in digits]))))
 
 
 async def internal_error(request: Request, err: Exception) -> JSONResponse:
