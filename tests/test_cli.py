@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from digitnet.machine import available_cores
 from digitnet.run import RunDir
 
 SMALL_FLAGS = ["--train-size", "2000", "--val-size", "500", "--hidden", "32", "--batch-size", "32"]
@@ -146,12 +147,13 @@ def test_help_states_defaults():
 def test_compiled_programs_are_cached_and_reused_with_the_same_numbers(tmp_path, mnist_dir):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env.pop("DIGITNET_XLA_CACHE", None)
     metrics = []
     for attempt in range(2):
         run = tmp_path / f"run{attempt}"
         done = digitnet("train", *SMALL_FLAGS, "--epochs", "1", "--out", str(run), mnist_dir=mnist_dir, env=env)
         assert done.returncode == 0, done.stderr
-        entries = sorted((tmp_path / "cache" / "digitnet" / "xla").glob("*-cache"))
+        entries = sorted((tmp_path / "cache" / "digitnet" / "xla").glob("threads-*/*-cache"))
         assert entries, "no compiled program was cached"
         if attempt == 0:
             first_entries = entries
@@ -165,15 +167,18 @@ def test_compilation_cache_goes_to_the_cache_folder_unless_the_user_chose_one(mo
     from digitnet.files import use_compilation_cache
 
     for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):
+                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "DIGITNET_XLA_CACHE"):
         monkeypatch.delenv(name, raising=False)  # so that the test's changes are undone
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    threads = f"threads-{available_cores()}"  # one folder per thread count (digitnet.machine)
     use_compilation_cache()
-    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "digitnet" / "xla")
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "digitnet" / "xla" / threads)
     assert os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    use_compilation_cache()  # again: the thread count is not added twice
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "digitnet" / "xla" / threads)
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
     use_compilation_cache()
-    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "mine")
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "mine" / threads)
 
 
 def test_command_freezes_the_heap_on_its_way_out_even_on_errors(monkeypatch):

@@ -15,6 +15,7 @@ import digitnet.train
 from digitnet.config import TrainConfig
 from digitnet.errors import DigitnetError
 from digitnet.run import RunDir
+from digitnet.sweep.runners import ByThreads
 from digitnet.sweep import (RESULT_COLUMNS, ResultsStore, SweepConfig, Trial, cell_table, core_shares, count_params,
                             format_summary, import_ray, prepare_sweep_dir, read_results, run_sweep,
                             width_gain_stop)
@@ -256,6 +257,27 @@ def test_two_workers_give_the_same_rows_as_one(reference, tmp_path, mnist_dir):
     rows = run_sweep(GRID, half_done_copy(reference_dir, tmp_path / "sweep"), workers=2, data_dir=mnist_dir, log=lines.append)
     assert "4 finished before, 4 to run in 2 worker processes" in lines[0]
     assert_same_rows(rows, expected)
+
+
+def test_by_default_trials_run_side_by_side_one_thread_each_with_the_same_rows(reference, tmp_path, mnist_dir):
+    reference_dir, expected, _ = reference
+    lines: list[str] = []
+    sweep_dir = half_done_copy(reference_dir, tmp_path / "sweep")
+    rows = run_sweep(GRID, sweep_dir, data_dir=mnist_dir, log=lines.append)
+    assert "4 to run side by side on" in lines[0]
+    assert_same_rows(rows, expected)
+    trained = [row["trial_id"] for row in rows if row["depth"] == 2]
+    assert {RunDir(sweep_dir / "runs" / name).read_json("metrics.json")["threads"] for name in trained} == {1}
+
+
+def test_trials_that_want_every_core_run_alone(monkeypatch):
+    runner = ByThreads(data_dir=None)
+    trials = [Trial(16, 1, "relu", 128, 0), Trial(2048, 3, "relu", 128, 0)]
+    monkeypatch.setenv("DIGITNET_THREADS", "all")
+    apart, alone = runner.split(trials, SMALL)
+    assert (apart, alone) == (([], trials) if len(runner.cores) > 1 else (trials, []))
+    monkeypatch.delenv("DIGITNET_THREADS")
+    assert runner.split(trials, SMALL) == (trials, [])  # measured: side by side finishes two trials sooner
 
 
 @pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")  # Ray starts its processes by fork + exec

@@ -17,12 +17,13 @@ try:  # Typer 0.29 and later raise errors of their own copy of click, all of thi
 except ImportError:  # earlier Typers raise click's own
     TyperException = ClickException
 
-from digitnet.config import (ACTIVATIONS, AUGMENTATIONS, FULL_BATCH, MAX_SEED, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig,
-                             describe_recipe, load_recipe, recipe_names)
+from digitnet.config import (ACTIVATIONS, AUGMENTATIONS, FULL_BATCH, MAX_SEED, N_TRAIN, OPTIMIZERS, SCHEDULES, ConfigError,
+                             TrainConfig, describe_recipe, load_recipe, recipe_names)
 from digitnet.errors import DigitnetError
 from digitnet.files import use_compilation_cache
 from digitnet.internals import hide_optional_imports_from_keras
-from digitnet.machine import available_cores
+from digitnet.run import RunDir
+from digitnet.machine import available_cores, threads_for, use_cores
 
 app = typer.Typer(
     help="Train, study and serve neural networks that read handwritten digits (MNIST).",
@@ -112,6 +113,7 @@ def train(
     else:
         config = config_from_flags(recipe, overrides)
         out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    use_cores(threads=run_threads(config if resume is None else saved_config(resume)))  # before JAX loads
     from digitnet.data import load_mnist_in_background
 
     data = load_mnist_in_background(data_dir)  # while JAX and Keras load
@@ -119,6 +121,22 @@ def train(
     from digitnet.train import train_and_evaluate
 
     train_and_evaluate(config, out, data=data, resume=resume is not None)
+
+
+def run_threads(config: TrainConfig | None) -> int:
+    """The threads a run of this config trains fastest with here (see digitnet.machine); all cores if unknown."""
+    if config is None:
+        return available_cores()
+    n_train = config.train_size or N_TRAIN - config.val_size
+    return threads_for(config.hidden, config.resolve_batch_size(n_train))
+
+
+def saved_config(run_dir: Path) -> TrainConfig | None:
+    """The config a run folder holds, or None where it has none to read (training says why, in its own words)."""
+    try:
+        return RunDir(run_dir).read_config()
+    except (DigitnetError, OSError, ValueError):
+        return None
 
 
 @app.command()
@@ -164,7 +182,7 @@ def sweep(
     val_size: ValSizeOption = None,
     train_size: TrainSizeOption = None,
     recipe: Annotated[Optional[str], typer.Option(help="Base the trials on a named recipe (flags given override it). See `digitnet train --list-recipes`.")] = None,
-    workers: Annotated[int, typer.Option(help="Trials run at once, each in its own process pinned to its share of the cores; with --ray local, the CPUs of the Ray instance.")] = 1,
+    workers: Annotated[Optional[int], typer.Option(help="Trials run at once, each in its own process pinned to its share of the cores; 1 runs them one by one in this process; with --ray local, the CPUs of the Ray instance. (default: trials that train faster on one thread side by side, one per core; the others one at a time on all cores)", show_default=False)] = None,
     ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run the trials as Ray Tune trials on the Ray cluster at ADDRESS (host:port, 'auto'), or 'local' to start one here. Needs: pip install 'digitnet\\[ray]'.")] = None,
     cpus_per_trial: Annotated[float, typer.Option(help="CPUs Ray reserves for each trial.")] = 1.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue SWEEP_DIR with the grid and config saved in its sweep.json; give no grid or training flags.")] = False,

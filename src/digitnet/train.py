@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
+from digitnet.machine import available_cores
 from digitnet.augment import distort
 from digitnet.config import TrainConfig
 from digitnet.data import Mnist, Splits, load_mnist, split_validation
@@ -297,8 +298,10 @@ def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist 
         splits = split_validation(data, config.val_size, config.seed, config.train_size)
         trainer = start_trainer(config, splits, progress_of(callbacks))
         history = resume_from_checkpoint(run, trainer, log) if resume else []
+        threads = available_cores()
         log(f"built and compiled in {trainer.compile_seconds:.2f} s ({trainer.steps} "
-            f"{'step' if trainer.steps == 1 else 'steps'} of {trainer.batch_size} per epoch)")
+            f"{'step' if trainer.steps == 1 else 'steps'} of {trainer.batch_size} per epoch, "
+            f"{threads} {'thread' if threads == 1 else 'threads'})")
         for callback in callbacks:
             callback.on_train_begin(run, config, trainer.steps, len(history) + 1)
         test_loss, test_accuracy = train_epochs(run, trainer, data, history, log, callbacks)
@@ -403,7 +406,8 @@ def final_metrics(trainer: Trainer, data: Mnist, history: list[dict], test_loss:
         "epochs": len(history), "params": trainer.model.count_params(),
         "train_seconds": sum(row["seconds"] for row in history), "compile_seconds": trainer.compile_seconds,
         "n_train": len(trainer.splits.y_train), "n_val": len(trainer.splits.y_val), "n_test": len(data.test_labels),
-        "device": jax.devices()[0].device_kind, "jax": jax.__version__, "keras": keras.__version__,
+        "device": jax.devices()[0].device_kind, "threads": available_cores(), "jax": jax.__version__,
+        "keras": keras.__version__,
     }
 
 

@@ -19,7 +19,7 @@ from digitnet.config import ConfigError
 from digitnet.errors import DigitnetError
 from digitnet.interrupts import saves_on_ctrl_c
 from digitnet.sweep.grid import SweepConfig, Trial, counted
-from digitnet.sweep.runners import InProcess, LocalPool, RayTune, Runner
+from digitnet.sweep.runners import ByThreads, InProcess, LocalPool, RayTune, Runner
 from digitnet.sweep.store import RESULTS_FILE, RUNS_DIR, ResultsStore, prepare_sweep_dir
 from digitnet.sweep.summary import write_report
 
@@ -68,9 +68,14 @@ class Recorder:
             self.log(format_row(outcome, self.id_width, f"{self.done}/{self.total}"))
 
 
-def choose_runner(workers: int, ray_address: str | None, cpus_per_trial: float, data: Mnist | None,
+def choose_runner(workers: int | None, ray_address: str | None, cpus_per_trial: float, data: Mnist | None,
                   data_dir: str | None) -> Runner:
-    """The runner the options ask for: Ray Tune, a pool of local workers, or this process."""
+    """The runner the options ask for: Ray Tune, a pool of local workers, this process, or by default each trial
+    side by side or alone, whichever trains it sooner here (ByThreads)."""
+    if workers is None and ray_address:
+        workers = 1
+    elif workers is None:  # MNIST given in memory is trained on here: worker processes read theirs from files
+        return InProcess(data, data_dir) if data is not None else ByThreads(data_dir)
     if workers < 1:
         raise ConfigError(f"workers: got {workers}; allowed: a whole number >= 1")
     if workers > 1 and ray_address not in (None, "local"):
@@ -82,13 +87,15 @@ def choose_runner(workers: int, ray_address: str | None, cpus_per_trial: float, 
     return InProcess(data, data_dir)
 
 
-def run_sweep(sweep: SweepConfig, sweep_dir: str | Path, *, workers: int = 1, ray_address: str | None = None,
+def run_sweep(sweep: SweepConfig, sweep_dir: str | Path, *, workers: int | None = None, ray_address: str | None = None,
               cpus_per_trial: float = 1, data: Mnist | None = None, data_dir: str | Path | None = None,
               log: Callable[[str], None] = partial(print, flush=True)) -> list[dict]:
     """Train every trial of the sweep not yet in results.csv, each row written as its trial ends; then write the report.
 
-    `workers` > 1 runs trials in that many local processes; `ray_address` ('auto', 'local' or host:port) runs
-    them as Ray Tune trials instead. Returns all rows of results.csv.
+    By default each trial runs the way it trains soonest here: side by side with others, one per core, or alone
+    on all cores (ByThreads); or, when `data` is given, in this process. `workers` = 1 runs them one by one in this process, `workers` > 1 in that many local
+    processes; `ray_address` ('auto', 'local' or host:port) runs them as Ray Tune trials instead. Returns all rows
+    of results.csv.
     """
     sweep_dir = Path(sweep_dir).resolve()  # workers and Ray trials run in other working folders
     data_dir = str(Path(data_dir).resolve()) if data_dir else os.environ.get("DIGITNET_DATA") or None

@@ -21,8 +21,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
-from digitnet.config import ConfigError, TrainConfig
+from digitnet.config import N_TRAIN, ConfigError, TrainConfig
 from digitnet.errors import DigitnetError
+from digitnet.machine import side_by_side, use_cores
 from digitnet.run import CONFIG, LOCK, RunDir, RunInUse, describe_process
 from digitnet.sweep.grid import Trial, largest_first
 from digitnet.sweep.store import TUNE_DIR, ResultsStore, run_dir
@@ -30,7 +31,6 @@ from digitnet.sweep.store import TUNE_DIR, ResultsStore, run_dir
 if TYPE_CHECKING:
     from digitnet.data import Mnist
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 Take = Callable[[dict], None]
 
 
@@ -149,23 +149,17 @@ def core_shares(workers: int, cores: Sequence[int] | None = None) -> list[set[in
 
 
 def pin_to_cores(cores: set[int]) -> None:
-    """Keep this process to `cores`, and the thread pools its libraries start from now on to as many threads.
-
-    XLA sizes its CPU thread pool from the affinity mask when JAX's backend starts, so the mask is what limits
-    JAX; the variables do the same for OpenMP and OpenBLAS, which read them when they load.
-    """
-    os.sched_setaffinity(0, cores)
-    for name in THREAD_VARIABLES:
-        os.environ[name] = str(len(cores))
+    """Keep this process, and the thread pools its libraries start from now on, to `cores` (see digitnet.machine)."""
+    use_cores(cores)
 
 
 def _init_worker(shares: Any, data_dir: str | None) -> None:
-    """Start a worker process: take a share of the cores, then read MNIST once for all its trials."""
+    """Start a worker process: take a share of the cores (before JAX loads), then read MNIST once for all its trials."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the whole pool
     try:
-        pin_to_cores(shares.get(timeout=10))
+        use_cores(shares.get(timeout=10))
     except queue.Empty:
-        pass  # a worker started to replace a crashed one finds no share left and uses all cores
+        use_cores()  # a worker started to replace a crashed one finds no share left and uses all cores
     load_data(data_dir)
 
 
@@ -177,21 +171,51 @@ def _pool_trial(task: tuple[Trial, TrainConfig, str, str | None]) -> dict:
 class LocalPool:
     """Trials in `workers` processes of this machine, each pinned to its share of the cores."""
 
-    def __init__(self, workers: int, data_dir: str | None) -> None:
-        self.workers, self.data_dir = workers, data_dir
+    def __init__(self, workers: int, data_dir: str | None, cores: Sequence[int] | None = None) -> None:
+        self.workers, self.data_dir, self.cores = workers, data_dir, cores
         self.where = f"in {workers} worker processes"
 
     def run(self, trials: Sequence[Trial], base: TrainConfig, sweep_dir: Path, take: Take) -> None:
         # Spawn, not fork: a forked child would inherit a copy of JAX's threads and locks mid-flight.
         context = multiprocessing.get_context("spawn")
         shares = context.Queue()
-        for share in core_shares(self.workers):
+        for share in core_shares(self.workers, self.cores):
             shares.put(share)
         tasks = [(trial, base, str(sweep_dir), self.data_dir) for trial in largest_first(trials)]
         # Leaving the block terminates the workers, on Ctrl-C too; a half-trained trial resumes from its checkpoint.
         with context.Pool(self.workers, initializer=_init_worker, initargs=(shares, self.data_dir)) as pool:
             for outcome in pool.imap_unordered(_pool_trial, tasks):
                 take(outcome)
+
+
+class ByThreads:
+    """The default: each trial trained the fastest way this machine allows (digitnet.machine).
+
+    Trials whose training step is small train fastest on one thread, so they run side by side, one worker per
+    core; trials whose products gain from every core run one at a time, in a worker that has all the cores.
+    """
+
+    def __init__(self, data_dir: str | None) -> None:
+        self.data_dir = data_dir
+        self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+        self.where = f"side by side on {len(self.cores)} cores, or alone on all of them where that is faster"
+
+    def split(self, trials: Sequence[Trial], base: TrainConfig) -> tuple[list[Trial], list[Trial]]:
+        """(trials to run side by side, trials to run alone)."""
+        apart, alone = [], []
+        for trial in trials:
+            config = trial.config(base)
+            batch = config.resolve_batch_size(config.train_size or N_TRAIN - config.val_size)
+            (apart if side_by_side(config.hidden, batch, len(self.cores)) else alone).append(trial)
+        return apart, alone
+
+    def run(self, trials: Sequence[Trial], base: TrainConfig, sweep_dir: Path, take: Take) -> None:
+        apart, alone = self.split(trials, base)
+        if alone:
+            LocalPool(1, self.data_dir, self.cores).run(alone, base, sweep_dir, take)
+        if apart:
+            workers = min(len(self.cores), len(apart))
+            LocalPool(workers, self.data_dir, self.cores).run(apart, base, sweep_dir, take)
 
 
 # ---------------------------------------------------------------- Ray Tune
