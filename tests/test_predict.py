@@ -59,7 +59,7 @@ def images(tmp_path_factory) -> dict[str, Path]:
     return {**good, **bad, "missing": folder / "missing.png"}
 
 
-ONE_DIGIT_KEYS = {"file", "label", "probability", "probabilities", "number", "digits"}
+ONE_DIGIT_KEYS = {"file", "label", "class", "probability", "probabilities", "number", "digits"}
 
 
 def invoke(*args: str):
@@ -85,12 +85,12 @@ def test_predict_json_has_the_documented_keys(run_dir, images):
         assert set(r) == ONE_DIGIT_KEYS
         assert len(r["probabilities"]) == 10 and all(isinstance(p, float) for p in r["probabilities"])
         assert sum(r["probabilities"]) == pytest.approx(1.0, abs=1e-4)
-        assert r["label"] == int(np.argmax(r["probabilities"]))
+        assert r["label"] == int(np.argmax(r["probabilities"])) and r["class"] == str(r["label"])
         assert r["probability"] == max(r["probabilities"])
         assert r["number"] == str(r["label"])
         [digit] = r["digits"]
-        assert {key: digit[key] for key in ("label", "probability", "probabilities")} == {
-            key: r[key] for key in ("label", "probability", "probabilities")}
+        assert {key: digit[key] for key in ("label", "class", "probability", "probabilities")} == {
+            key: r[key] for key in ("label", "class", "probability", "probabilities")}
         left, top, right, bottom = digit["box"]
         width, height = Image.open(r["file"]).size
         assert 0 <= left < right <= width and 0 <= top < bottom <= height
@@ -267,6 +267,7 @@ def test_describe_reports_layers_parameters_and_test_accuracy(predictor):
     assert info["parameters"] == 784 * 16 + 16 + 16 * 10 + 10
     assert info["test_accuracy"] == UNTRAINED_TEST_ACCURACY
     assert info["run"] == predictor.path.parent.name and str(predictor.path.parent) not in json.dumps(info)
+    assert info["dataset"] == "mnist" and info["classes"] == list("0123456789")
     json.dumps(info)  # served as JSON by /model
 
 

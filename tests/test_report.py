@@ -110,7 +110,7 @@ def test_a_missing_folder_and_an_empty_history_are_errors(run_dir, tiny_data):
 
 
 def test_cli_report_prints_where_it_wrote(run_dir, tiny_data, monkeypatch):
-    monkeypatch.setattr(report, "load_mnist", lambda data_dir=None: tiny_data)
+    monkeypatch.setattr(report, "load_dataset", lambda name, data_dir=None: tiny_data)
     result = CliRunner().invoke(app, ["report", str(run_dir)])
     assert result.exit_code == 0, result.output
     assert str(run_dir / "report.html") in result.output and "network.png" in result.output

@@ -36,7 +36,7 @@ from digitnet.predict import Predictor
 from hardcases import number_picture
 from digitnet.serve import MAX_BODY_BYTES, BatchedReader, create_app, hand_out_connections, listen_socket, loaded_app, predict_image
 
-PREDICTION_KEYS = {"file", "label", "probability", "probabilities", "number", "digits"}  # as `digitnet predict --json`
+PREDICTION_KEYS = {"file", "label", "class", "probability", "probabilities", "number", "digits"}  # as `digitnet predict --json`
 SMALL_LIMIT = 64 * 1024  # bytes; a body limit that tests can exceed cheaply
 
 
@@ -388,6 +388,7 @@ class CountingPredictor:
 
     def __init__(self, predictor: Predictor, error: Exception | None = None) -> None:
         self.predictor, self.error, self.batches = predictor, error, []
+        self.read, self.classes, self.dataset = predictor.read, predictor.classes, predictor.dataset
 
     def predict_arrays(self, x: np.ndarray) -> np.ndarray:
         self.batches.append(len(x))

@@ -145,12 +145,15 @@ def test_divergence_stops_with_a_clear_message_and_keeps_good_weights(mnist, tmp
     assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
 @pytest.mark.parametrize("name", recipe_names())
-def test_each_recipe_runs_one_short_epoch(mnist, tmp_path, name):
-    config = load_recipe(name).replace(epochs=1, train_size=512, val_size=500)
-    metrics = train_and_evaluate(config, tmp_path / name, data=mnist, log=lambda _: None)
+def test_each_recipe_runs_one_short_epoch_on_each_data_set(request, tmp_path, name, dataset):
+    data = request.getfixturevalue("mnist" if dataset == "mnist" else "fashion")
+    config = load_recipe(name).replace(epochs=1, train_size=512, val_size=500, dataset=dataset)
+    metrics = train_and_evaluate(config, tmp_path / name, data=data, log=lambda _: None)
     assert metrics["epochs"] == 1 and metrics["params"] == build_model(config).count_params()
     assert 0.2 < metrics["test_accuracy"] <= 1
+    assert RunDir(tmp_path / name).read_config().dataset == dataset
 
 
 def test_interrupt_in_the_first_epoch_saves_no_model_and_the_same_command_starts_over(mnist, tmp_path, monkeypatch):

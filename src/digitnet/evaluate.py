@@ -8,9 +8,9 @@ import keras
 import numpy as np
 from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
 
-from digitnet.data import Mnist, load_mnist
+from digitnet.data import Mnist, class_names, expect_dataset, load_dataset, trained_dataset
 from digitnet.model import N_CLASSES, load_model, make_predict_fn
-from digitnet.run import EVALUATION, RunDir
+from digitnet.run import EVALUATION, RunDir, model_file
 
 CLASSES = list(range(N_CLASSES))
 
@@ -40,24 +40,31 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path | None = None, data: Mnist | None = None) -> dict:
-    """Evaluate a run's model on the test set and write evaluation.json beside it."""
+    """Evaluate a run's model on the test set of the data set it learned and write evaluation.json beside it."""
     model = load_model(run_dir)
-    data = data or load_mnist(data_dir)
+    dataset = trained_dataset(model_file(run_dir))
+    data = data or load_dataset(dataset, data_dir)
+    expect_dataset(data, dataset)
     result = classification_metrics(data.test_labels, predict_probabilities(model, data.test_images))
+    result.update(dataset=dataset, classes=list(class_names(dataset)))
     if Path(run_dir).is_dir():
         RunDir(run_dir).write_json(EVALUATION, result)
     return result
 
 
 def format_evaluation(result: dict) -> str:
-    """A readable table of an evaluation: the totals, then one line per digit."""
+    """A readable table of an evaluation: the totals, then one line per class (digit, or garment by name)."""
     correct = round(result["accuracy"] * result["n"])
+    names = result.get("classes") or class_names("mnist")
+    noun, width = ("digit", 5) if list(names) == list(class_names("mnist")) else ("class", max(map(len, names)))
     lines = [f"Test set: loss {result['loss']:.4f}, accuracy {correct}/{result['n']} ({100 * result['accuracy']:.2f}%)",
-             "digit  precision  recall      f1  support"]
+             f"{noun:<{width}}  precision  recall      f1  support"]
     scores = result["per_class"]
-    for digit in CLASSES:
-        lines.append(f"{digit:5d}  {scores['precision'][digit]:9.4f}  {scores['recall'][digit]:6.4f}  "
-                     f"{scores['f1'][digit]:6.4f}  {scores['support'][digit]:7d}")
-    lines.append("confusion matrix (rows: true digit, columns: predicted digit)")
-    lines += ["   " + " ".join(f"{n:5d}" for n in row) for row in result["confusion_matrix"]]
+    for label, name in zip(CLASSES, names):
+        lines.append(f"{name:>{width}}  {scores['precision'][label]:9.4f}  {scores['recall'][label]:6.4f}  "
+                     f"{scores['f1'][label]:6.4f}  {scores['support'][label]:7d}")
+    order = ", in the order of the rows" if noun == "class" else ""
+    lines.append(f"confusion matrix (rows: true {noun}, columns: predicted {noun}{order})")
+    for name, row in zip(names, result["confusion_matrix"]):
+        lines.append((f"{name:>{width}}" if noun == "class" else "  ") + " " + " ".join(f"{n:5d}" for n in row))
     return "\n".join(lines)

@@ -1,5 +1,5 @@
-"""`digitnet lab`: design networks, train them on MNIST and watch them learn, look inside and compare them, in
-the browser.
+"""`digitnet lab`: design networks, train them on MNIST or Fashion-MNIST and watch them learn, look inside and
+compare them, in the browser.
 
 A FastAPI app, as `digitnet serve`, over a folder of ordinary run folders (RUNS_DIR). Training runs in this
 process, one run at a time (digitnet.lab_jobs); its progress reaches the pages as server-sent events. Drawings
@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from digitnet.config import ConfigError, TrainConfig
-from digitnet.data import Mnist, load_mnist_in_background
+from digitnet.data import DATASETS, ImageSet, load_dataset_in_background
 from digitnet.errors import DigitnetError
 from digitnet.interrupts import saves_on_ctrl_c
 from digitnet.lab_jobs import EventHub, Job, QueueFull, TrainingQueue
@@ -50,7 +50,7 @@ from digitnet.serve import (
 
 # The fields a page may set; the rest (augmentation and its settings) keep their defaults.
 TRAIN_FIELDS = ("hidden", "activation", "batch_size", "optimizer", "learning_rate", "momentum", "schedule",
-                "weight_decay", "dropout", "epochs", "seed", "val_size", "train_size")
+                "weight_decay", "dropout", "epochs", "seed", "val_size", "train_size", "dataset")
 KEEPALIVE_S = 15.0  # a comment line on a quiet event stream, so a page that has gone is noticed
 STOP_WAIT_S = 5.0  # on Ctrl-C, how long the lab waits for the run training to save its epoch under way
 UVICORN_OPTIONS = {"access_log": False, "log_level": "info", "timeout_graceful_shutdown": 3}
@@ -84,15 +84,34 @@ class LabLimits:
                               "(digitnet lab --max-epochs)")
 
 
+class DataSets:
+    """The data sets the lab trains on and shows, each read once, on first use, on a thread of its own."""
+
+    def __init__(self, given: Iterable[ImageSet] = (), data_dir: str | os.PathLike | None = None) -> None:
+        self._data_dir = data_dir
+        self._lock = threading.Lock()
+        self._loading: dict[str, Callable[[], ImageSet]] = {data.dataset: (lambda data=data: data) for data in given}
+
+    def start(self, name: str) -> Callable[[], ImageSet]:
+        """Begin reading a data set, if not begun yet; the function returned waits for it."""
+        with self._lock:
+            if name not in self._loading:
+                self._loading[name] = load_dataset_in_background(name, self._data_dir)
+            return self._loading[name]
+
+    def __call__(self, name: str) -> ImageSet:
+        """The data set of this name (see digitnet.data.DATASETS), read now if need be."""
+        return self.start(name)()
+
+
 class Lab:
-    """The lab's state: its runs folder, the training queue, the events, the loaded models and MNIST."""
+    """The lab's state: its runs folder, the training queue, the events, the loaded models and data sets."""
 
     def __init__(self, runs_dir: str | os.PathLike, limits: LabLimits = LabLimits(),
-                 data: Mnist | Callable[[], Mnist] | None = None, data_dir: str | os.PathLike | None = None) -> None:
+                 data: ImageSet | Iterable[ImageSet] = (), data_dir: str | os.PathLike | None = None) -> None:
         self.runs_dir = Path(runs_dir)
         self.limits = limits
-        loaded = data if isinstance(data, Mnist) else None
-        self.data: Callable[[], Mnist] = (lambda: loaded) if loaded else data or load_mnist_in_background(data_dir)
+        self.data = DataSets([data] if isinstance(data, ImageSet) else data, data_dir)
         self.events = EventHub()
         keras_lock = threading.Lock()
         self.queue = TrainingQueue(self.runs_dir, self.data, self.events, keras_lock)
@@ -155,12 +174,14 @@ class Lab:
                 row["state"] = last.state
         listed = {row["run"] for row in rows}
         waiting = [job for job in self.queue.snapshot()["waiting"] if job["run"] not in listed]
-        return rows + [{"run": job["run"], "state": "queued", "hidden": job["config"]["hidden"]} for job in waiting]
+        return rows + [{"run": job["run"], "state": "queued", "dataset": job["config"]["dataset"],
+                        "hidden": job["config"]["hidden"]} for job in waiting]
 
     def state(self) -> dict[str, Any]:
         """What a page shows first, and again when it reconnects."""
         return {"type": "state", **self.queue.snapshot(), "limits": dataclasses.asdict(self.limits),
-                "defaults": {name: TrainConfig().to_dict()[name] for name in TRAIN_FIELDS}}
+                "defaults": {name: TrainConfig().to_dict()[name] for name in TRAIN_FIELDS},
+                "datasets": [{"name": d.name, "title": d.title, "classes": list(d.classes)} for d in DATASETS.values()]}
 
     def finished_run(self, name: str):
         """The run folder of a run with a model to show; Conflict while it trains."""
@@ -232,7 +253,9 @@ def create_app(lab: Lab, token: str | None = None) -> FastAPI:
     @app.post("/api/validate")
     async def validate(request: Request) -> dict[str, Any]:
         """The settings as the run would use them, or 422 naming the field that is wrong."""
-        return {"config": lab.config_of(await json_body(request)).to_dict()}
+        config = lab.config_of(await json_body(request))
+        lab.data.start(config.dataset)  # read while the user designs, so that Train does not wait for it
+        return {"config": config.to_dict()}
 
     @app.post("/api/train", status_code=202)
     async def train(request: Request) -> dict[str, Any]:
@@ -280,9 +303,10 @@ def create_app(lab: Lab, token: str | None = None) -> FastAPI:
         """A drawing read by the run's model: probabilities and each layer's activations."""
         folder = lab.finished_run(name)
         data = parse_data_url_json(await read_body(request, MAX_BODY_BYTES))
-        image = read_number("drawing", data, one_digit=True)[0].pixels  # the activations are of one input
         # A drawing is small and the model loaded: answered here, on the event loop, in about a millisecond.
         predictor = lab.models.cached(folder) or await anyio.to_thread.run_sync(lab.models.predictor, folder)
+        # As the run's data set was made; the activations are of one input, so a drawing is read whole.
+        image = read_number(predictor, "drawing", data, one_digit=True)[0].pixels
         return JSONResponse(drawing_answer(predictor, image))
 
     return app

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from digitnet.config import TrainConfig
-from digitnet.data import Mnist
+from digitnet.data import ImageSet
 from digitnet.errors import DigitnetError
 from digitnet.run import RunDir
 from digitnet.train import Callback, TrainingStopped, train_and_evaluate
@@ -147,7 +147,7 @@ class LabCallback(Callback):
         self.publish({"type": "evaluated", "run": self.job.name, "metrics": metrics})
 
 
-def progress_every(config: TrainConfig, data: Mnist) -> int:
+def progress_every(config: TrainConfig, data: ImageSet) -> int:
     """Steps between progress events for this config: 0 (none) unless its epochs are long."""
     n_train = len(data.train_labels) - config.val_size
     if config.train_size is not None:
@@ -159,7 +159,7 @@ def progress_every(config: TrainConfig, data: Mnist) -> int:
 class TrainingQueue:
     """Trains the submitted jobs one after another, in order, on a worker thread of its own."""
 
-    def __init__(self, runs_dir: Path, data: Callable[[], Mnist], events: EventHub, keras_lock: threading.Lock,
+    def __init__(self, runs_dir: Path, data: Callable[[str], ImageSet], events: EventHub, keras_lock: threading.Lock,
                  max_waiting: int = MAX_WAITING) -> None:
         self.runs_dir, self._data, self.events, self._keras_lock = runs_dir, data, events, keras_lock
         self.max_waiting = max_waiting
@@ -256,11 +256,12 @@ class TrainingQueue:
                 self.current = None
 
     def _load_data(self) -> None:
-        """Load MNIST now, so that the first Train does not wait for it."""
+        """Load the default data set now, so that the first Train does not wait for it (others load when first used)."""
+        name = TrainConfig().dataset
         try:
-            self._data()
+            self._data(name)
         except Exception as err:  # noqa: BLE001  (each job reports it again when it asks for the data)
-            log.warning("MNIST: %s", err)
+            log.warning("%s: %s", name, err)
 
     def _run(self, job: Job) -> None:
         """Train one job to its end, whatever that end is; the job's state and message say which it was."""
@@ -277,7 +278,7 @@ class TrainingQueue:
         self.events.publish({"type": "starting", "job": job.public()})
         self._keras_lock.acquire()
         try:
-            data = self._data()
+            data = self._data(job.config.dataset)
             callback = LabCallback(job, self.events.publish, progress_every(job.config, data), on_built)
             train_and_evaluate(job.config, self.runs_dir / job.name, data=data, resume=job.resume,
                                log=lambda line: self._log(job, line), callbacks=[callback])

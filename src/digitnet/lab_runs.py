@@ -21,7 +21,7 @@ import keras
 import numpy as np
 
 from digitnet.config import TrainConfig
-from digitnet.data import Mnist
+from digitnet.data import ImageSet, get_dataset
 from digitnet.errors import DigitnetError
 from digitnet.evaluate import classification_metrics
 from digitnet.model import N_CLASSES, N_PIXELS, layer_sizes
@@ -86,7 +86,7 @@ def summarize(run: RunDir, config: TrainConfig) -> dict[str, Any]:
             pass
     last = history[-1] if history else {}
     return {
-        "run": run.path.name, "hidden": list(config.hidden), "depth": len(config.hidden),
+        "run": run.path.name, "dataset": config.dataset, "hidden": list(config.hidden), "depth": len(config.hidden),
         "width": max(config.hidden, default=0), "activation": "/".join(dict.fromkeys(config.activations)) or "-",
         "batch_size": config.batch_size, "optimizer": config.optimizer, "learning_rate": config.learning_rate,
         "epochs": config.epochs, "epochs_done": len(history), "train_size": config.train_size, "seed": config.seed,
@@ -116,7 +116,7 @@ def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
 class RunModels:
     """The loaded model of each run shown lately, and what the lab computed with it, each once per saved model."""
 
-    def __init__(self, data: Callable[[], Mnist], keras_lock: threading.Lock) -> None:
+    def __init__(self, data: Callable[[str], ImageSet], keras_lock: threading.Lock) -> None:
         self._data, self._keras_lock = data, keras_lock
         self._lock = threading.Lock()
         self._kept: collections.OrderedDict[Path, tuple[int, Predictor, dict]] = collections.OrderedDict()
@@ -160,7 +160,10 @@ class RunModels:
 
     def inspection(self, run: RunDir) -> dict[str, Any]:
         """Test accuracy, loss, per-class scores, confusion matrix, the most confident mistakes, the layers."""
-        return self._computed(run, "inspection", lambda predictor: inspect_model(predictor, self._data()))
+        def inspect(predictor: Predictor) -> dict[str, Any]:
+            return inspect_model(predictor, self._data(predictor.dataset))  # the test set of the run's data set
+
+        return self._computed(run, "inspection", inspect)
 
     def weights(self, run: RunDir) -> dict[str, Any]:
         """The first layer's incoming weights, one 28x28 picture per neuron."""
@@ -175,12 +178,13 @@ def _model_stamp(run: RunDir) -> int:
         raise DigitnetError(f"{run.path.name}: no trained model yet ({MODEL}); train or resume it first") from None
 
 
-def inspect_model(predictor: Predictor, data: Mnist) -> dict[str, Any]:
-    """What the lab shows of a model on the test set, computed with its NumPy forward pass."""
+def inspect_model(predictor: Predictor, data: ImageSet) -> dict[str, Any]:
+    """What the lab shows of a model on the test set of its data set, computed with its NumPy forward pass."""
     images = data.test_images.astype(np.float32) / 255.0
     probabilities = predictor.predict_arrays(images)
     scores = classification_metrics(data.test_labels, probabilities)
-    return {**scores, "layers": describe_layers(predictor),
+    return {**scores, "dataset": data.dataset, "title": get_dataset(data.dataset).title, "classes": list(data.classes),
+            "layers": describe_layers(predictor),
             "mistakes": confident_mistakes(probabilities, data.test_labels, data.test_images)}
 
 
@@ -213,13 +217,14 @@ def first_layer_weights(predictor: Predictor) -> dict[str, Any]:
 
 
 def drawing_answer(predictor: Predictor, image: np.ndarray) -> dict[str, Any]:
-    """What the page shows for a drawing: the probabilities, each layer's activations, the 28x28 image seen."""
+    """What the page shows for a drawing: the label and its class's name, the probabilities, each layer's
+    activations, the 28x28 image seen."""
     layers = predictor.activations(image[np.newaxis])
     probabilities = layers[-1][0] if layers else predictor.predict_arrays(image[np.newaxis])[0]
     label = int(np.argmax(probabilities))
     names = describe_layers(predictor)[1:]
     return {
-        "label": label, "probability": float(probabilities[label]),
+        "label": label, "class": predictor.classes[label], "probability": float(probabilities[label]),
         "probabilities": [float(p) for p in probabilities],
         "layers": [{**name, "values": np.round(values[0], 4).tolist()} for name, values in zip(names, layers or [])],
         "preprocessed": png_data_url(image),

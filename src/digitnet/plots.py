@@ -42,8 +42,10 @@ def count_params(layers: Sequence[Layer]) -> int:
     return sum((fan_in + 1) * fan_out for (_, fan_in, _), (_, fan_out, _) in zip(layers, layers[1:]))
 
 
-def plot_network(layers: Sequence[Layer], path: Path, n_params: int | None = None) -> Path:
-    """The layer diagram: one column of neurons per layer, joined by their connections."""
+def plot_network(layers: Sequence[Layer], path: Path, n_params: int | None = None,
+                 classes: Sequence[str] | None = None) -> Path:
+    """The layer diagram: one column of neurons per layer, joined by their connections; output neurons named by
+    `classes` (default: the digits)."""
     n_params = count_params(layers) if n_params is None else n_params
     fig = Figure(figsize=(max(7.0, 1.9 * len(layers) + 1.0), 6.6), dpi=DPI)
     ax = fig.add_subplot()
@@ -53,7 +55,7 @@ def plot_network(layers: Sequence[Layer], path: Path, n_params: int | None = Non
     ]
     ax.add_collection(LineCollection(lines, colors="#9aa5b1", linewidths=0.5, alpha=0.45, zorder=1))
     for i, (layer, rows) in enumerate(zip(layers, columns)):
-        _draw_layer(ax, i, layer, rows, _layer_kind(i, len(layers)))
+        _draw_layer(ax, i, layer, rows, _layer_kind(i, len(layers)), class_labels(classes)[0])
     for i, ((_, fan_in, _), (_, fan_out, _)) in enumerate(zip(layers, layers[1:])):
         ax.text(i + 0.5, 5.4, f"{(fan_in + 1) * fan_out:,}\nparams", ha="center", va="bottom", fontsize=8, color="#666666")
     sizes = "-".join(str(units) for _, units, _ in layers)
@@ -71,7 +73,7 @@ def plot_network(layers: Sequence[Layer], path: Path, n_params: int | None = Non
     return _save(fig, path)
 
 
-def _draw_layer(ax, x: int, layer: Layer, rows: list[float], kind: str) -> None:
+def _draw_layer(ax, x: int, layer: Layer, rows: list[float], kind: str, names: Sequence[str]) -> None:
     """One column of the diagram: its circles, the ellipsis and size of a large layer, and its labels."""
     name, units, activation = layer
     ax.scatter([x] * len(rows), rows, s=260, facecolor="white", edgecolor=LAYER_COLORS[kind], linewidth=2, zorder=3)
@@ -83,8 +85,8 @@ def _draw_layer(ax, x: int, layer: Layer, rows: list[float], kind: str) -> None:
     ax.text(x, -5.6, _layer_title(name, kind), ha="center", va="top", fontsize=11, fontweight="bold")
     ax.text(x, -6.25, _layer_caption(units, activation, kind), ha="center", va="top", fontsize=9.5, linespacing=1.4)
     if kind == "output" and units <= MAX_DRAWN:
-        for digit, row in enumerate(rows):
-            ax.text(x + 0.17, row, str(digit), ha="left", va="center", fontsize=8, color="#555555")
+        for name, row in zip(names, rows):
+            ax.text(x + 0.17, row, name, ha="left", va="center", fontsize=8, color="#555555")
 
 
 def _neuron_rows(units: int) -> list[float]:
@@ -114,8 +116,10 @@ def _layer_caption(units: int, activation: str, kind: str) -> str:
     return f"{units:,} {neurons}\n{ACTIVATION_NAMES.get(activation, activation)}"
 
 
-def plot_samples(images: np.ndarray, labels: Sequence[int], path: Path, n: int = 40, cols: int = 10) -> Path:
-    """A grid of the first n images, each titled with its label."""
+def plot_samples(images: np.ndarray, labels: Sequence[int], path: Path, n: int = 40, cols: int = 10,
+                 classes: Sequence[str] | None = None) -> Path:
+    """A grid of the first n images, each titled with its label (a digit) or its class's name."""
+    names, noun = class_labels(classes)
     n = min(n, len(images))
     rows = -(-n // cols)
     fig = Figure(figsize=(1.05 * cols, 1.2 * rows + 0.6), dpi=DPI)
@@ -124,7 +128,8 @@ def plot_samples(images: np.ndarray, labels: Sequence[int], path: Path, n: int =
         ax.axis("off")
         if k < n:
             _show_digit(ax, images[k])
-            ax.set_title(f"label {int(labels[k])}", fontsize=9, pad=3)
+            title = f"label {int(labels[k])}" if noun == "digit" else names[int(labels[k])]
+            ax.set_title(title, fontsize=9 if noun == "digit" else 8, pad=3)
     fig.suptitle(f"Training images with their labels (first {n})", fontsize=12)
     return _save(fig, path)
 
@@ -137,6 +142,13 @@ def _show_digit(ax, image: np.ndarray) -> None:
     ax.set_yticks([])
     for spine in ax.spines.values():
         spine.set_edgecolor("#cccccc")
+
+
+def class_labels(classes: Sequence[str] | None) -> tuple[list[str], str]:
+    """The name of each class, and what one is called: 'digit' for MNIST's '0' to '9' (the default), else 'class'."""
+    digits = [str(d) for d in range(10)]
+    names = digits if classes is None else [str(name) for name in classes]
+    return names, "digit" if names == digits else "class"
 
 
 def _probability(p: float) -> str:
@@ -176,25 +188,27 @@ def _mark_best(ax, epochs: list[int], history: Sequence[Mapping[str, float]]) ->
     ax.legend(loc="lower right")
 
 
-def plot_confusion(matrix: Sequence[Sequence[int]], path: Path) -> Path:
-    """The test-set confusion matrix twice: counts, and each true digit's row as percentages."""
+def plot_confusion(matrix: Sequence[Sequence[int]], path: Path, classes: Sequence[str] | None = None) -> Path:
+    """The test-set confusion matrix twice: counts, and each true class's row as percentages."""
     counts = np.asarray(matrix, dtype=np.int64)
-    fig = Figure(figsize=(14.5, 6.6), dpi=DPI)
+    names, noun = class_labels(classes)
+    fig = Figure(figsize=(14.5, 6.6) if noun == "digit" else (16, 7.6), dpi=DPI)
     count_ax, share_ax = fig.subplots(1, 2)
-    _draw_counts(fig, count_ax, counts)
-    _draw_shares(fig, share_ax, counts)
+    _draw_counts(fig, count_ax, counts, noun)
+    _draw_shares(fig, share_ax, counts, noun)
     for ax in (count_ax, share_ax):
-        ax.set_xticks(range(len(counts)))
-        ax.set_yticks(range(len(counts)))
-        ax.set_xlabel("predicted digit", fontsize=11)
-        ax.set_ylabel("true digit", fontsize=11)
+        ax.set_xticks(range(len(counts)), names[: len(counts)], rotation=0 if noun == "digit" else 45,
+                      ha="center" if noun == "digit" else "right", rotation_mode="anchor")
+        ax.set_yticks(range(len(counts)), names[: len(counts)])
+        ax.set_xlabel(f"predicted {noun}", fontsize=11)
+        ax.set_ylabel(f"true {noun}", fontsize=11)
         ax.tick_params(length=0, labelsize=10)
     n, correct = int(counts.sum()), int(np.trace(counts))
     fig.suptitle(f"Confusion matrix on {n:,} test images: {correct:,} correct ({correct / max(n, 1):.2%}); blank = 0", fontsize=13)
     return _save(fig, path)
 
 
-def _draw_counts(fig: Figure, ax, counts: np.ndarray) -> None:
+def _draw_counts(fig: Figure, ax, counts: np.ndarray, noun: str) -> None:
     """The confusion matrix as counts of images."""
     # A log scale, so that a handful of mistakes still shows against ~1,000 correct answers.
     image = ax.imshow(np.ma.masked_equal(counts, 0), cmap="Blues", norm=LogNorm(vmin=1, vmax=max(counts.max(), 2)))
@@ -203,7 +217,7 @@ def _draw_counts(fig: Figure, ax, counts: np.ndarray) -> None:
     ax.set_title("Counts", fontsize=12)
 
 
-def _draw_shares(fig: Figure, ax, counts: np.ndarray) -> None:
+def _draw_shares(fig: Figure, ax, counts: np.ndarray, noun: str) -> None:
     """Each row as percentages: correct answers in green, mistakes in red on their own scale."""
     shares = 100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     diagonal = np.eye(len(counts), dtype=bool)
@@ -212,10 +226,11 @@ def _draw_shares(fig: Figure, ax, counts: np.ndarray) -> None:
     # Mistakes get their own scale, up to the largest, so that error rates of 0.1% to 2% are told apart.
     mistakes = np.ma.masked_where(diagonal | (counts == 0), shares)
     image = ax.imshow(mistakes, cmap="Reds", vmin=0, vmax=max(float(mistakes.max()) if mistakes.count() else 0.0, 1.0))
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="% of the true digit's images (mistakes)")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label=f"% of the true {noun}'s images (mistakes)")
     labels = [[_percent_label(s, c) for s, c in zip(srow, crow)] for srow, crow in zip(shares, counts)]
     _annotate_cells(ax, labels, diagonal | (image.norm(shares) > 0.6))
-    ax.set_title("Row-normalized: % of each true digit\n(green: read correctly; red: read as another digit)", fontsize=12)
+    ax.set_title(f"Row-normalized: % of each true {noun}\n(green: read correctly; red: read as another {noun})",
+                 fontsize=12)
 
 
 def _percent_label(share: float, count: int) -> str:
@@ -231,10 +246,12 @@ def _annotate_cells(ax, labels: list[list[str]], dark: np.ndarray) -> None:
 
 
 def plot_errors(
-    images: np.ndarray, labels: Sequence[int], probs: np.ndarray, path: Path, n: int = 20, cols: int = 5
+    images: np.ndarray, labels: Sequence[int], probs: np.ndarray, path: Path, n: int = 20, cols: int = 5,
+    classes: Sequence[str] | None = None,
 ) -> Path:
     """The n mistakes the model was most sure of, with the true label, its guess and its confidence."""
     labels, probs = np.asarray(labels), np.asarray(probs)
+    names, noun = class_labels(classes)
     predicted = probs.argmax(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     confidence = probs[wrong, predicted[wrong]]
@@ -247,25 +264,31 @@ def plot_errors(
     for ax, k in zip(axes.flat, worst):
         _show_digit(ax, images[k])
         true, guess = labels[k], predicted[k]
-        ax.set_title(
-            f"true {true}, predicted {guess}\np({guess}) {_probability(probs[k, guess])}  \u00b7  p({true}) {_probability(probs[k, true])}",
-            fontsize=8.5, pad=4,
-        )
+        if noun == "digit":
+            title = (f"true {true}, predicted {guess}\np({guess}) {_probability(probs[k, guess])}  \u00b7  "
+                     f"p({true}) {_probability(probs[k, true])}")
+        else:  # names are long: one line for each
+            title = (f"true: {names[true]}\nread as: {names[guess]}\np {_probability(probs[k, guess])}  \u00b7  "
+                     f"p(true) {_probability(probs[k, true])}")
+        ax.set_title(title, fontsize=8.5, pad=4)
     if not len(worst):
         axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14, transform=axes.flat[0].transAxes)
     fig.suptitle(
         f"The {len(worst)} most confident mistakes, of {len(wrong):,} among {len(labels):,} test images\n"
-        "p(d): the probability the model gave to digit d",
+        "p(d): the probability the model gave to digit d" if noun == "digit"
+        else "p: the probability the model gave to its answer; p(true): to the true class",
         fontsize=12,
     )
     return _save(fig, path)
 
 
 def plot_per_class(
-    precision: Sequence[float], recall: Sequence[float], path: Path, accuracy: float | None = None
+    precision: Sequence[float], recall: Sequence[float], path: Path, accuracy: float | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Path:
-    """Precision and recall of each digit as grouped bars, the y-axis zoomed to where they differ."""
+    """Precision and recall of each class as grouped bars, the y-axis zoomed to where they differ."""
     precision, recall = np.asarray(precision, float), np.asarray(recall, float)
+    names, noun = class_labels(classes)
     digits = np.arange(len(precision))
     fig = Figure(figsize=(11, 4.8), dpi=DPI)
     ax = fig.add_subplot()
@@ -281,11 +304,12 @@ def plot_per_class(
         ax.axhline(accuracy, color="#555555", linestyle="--", linewidth=1, label=f"overall accuracy {accuracy:.2%}")
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0 if 1 - bottom >= 0.05 else 1))
     ax.set_yticks([t for t in ax.get_yticks() if bottom <= t <= 1.0])
-    ax.set_xticks(digits)
-    ax.set_xlabel("digit", fontsize=11)
+    ax.set_xticks(digits, names[: len(digits)])
+    ax.set_xlabel(noun, fontsize=11)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
-    ax.set_title(f"Precision and recall per digit on the test set, in % (the y-axis starts at {bottom:.0%})", fontsize=12)
+    ax.set_title(f"Precision and recall per {noun} on the test set, in % (the y-axis starts at {bottom:.0%})",
+                 fontsize=12)
     return _save(fig, path)
 
 
@@ -305,8 +329,9 @@ def _save(fig: Figure, path: Path, tight: bool = True) -> Path:
 # ---------------------------------------------------------------- the sweep's picture
 
 
-def plot_sweep(cells: Sequence[dict], path: Path) -> Path:
-    """Per (activation, batch size): a width x depth heatmap of mean test accuracy ± std, and accuracy against width."""
+def plot_sweep(cells: Sequence[dict], path: Path, suffix: str = "") -> Path:
+    """Per (activation, batch size): a width x depth heatmap of mean test accuracy ± std, and accuracy against width;
+    `suffix` ends the title (' on Fashion-MNIST')."""
     groups = cell_groups(cells)
     best = best_cell(cells)
     fig = Figure(figsize=(15, 5.2 * len(groups)), dpi=DPI, layout="constrained")
@@ -314,16 +339,16 @@ def plot_sweep(cells: Sequence[dict], path: Path) -> Path:
     for (heat_ax, line_ax), ((activation, batch_size), group) in zip(axes, groups.items()):
         _draw_heatmap(fig, heat_ax, group, best)
         _draw_width_lines(line_ax, group)
-        suffix = f" — {activation}, batch size {batch_size}"
+        group_name = f" — {activation}, batch size {batch_size}"
         if any(c["n"] >= MIN_SEEDS for c in group):
-            heat_ax.set_title(f"Mean test accuracy (%) ± std over seeds{suffix}", fontsize=11)
-            line_ax.set_title(f"Test accuracy against width, band = ± std{suffix}", fontsize=11)
+            heat_ax.set_title(f"Mean test accuracy (%) ± std over seeds{group_name}", fontsize=11)
+            line_ax.set_title(f"Test accuracy against width, band = ± std{group_name}", fontsize=11)
         else:  # one seed per cell: no spread to show
-            heat_ax.set_title(f"Test accuracy (%), one seed per cell{suffix}", fontsize=11)
-            line_ax.set_title(f"Test accuracy against width, one seed per cell{suffix}", fontsize=11)
+            heat_ax.set_title(f"Test accuracy (%), one seed per cell{group_name}", fontsize=11)
+            line_ax.set_title(f"Test accuracy against width, one seed per cell{group_name}", fontsize=11)
     n_seeds = sorted({c["n"] for c in cells})
     seeds = counted(n_seeds[0], "seed") if len(n_seeds) == 1 else f"{'/'.join(map(str, n_seeds))} seeds"
-    fig.suptitle(f"Neurons x hidden layers: {counted(sum(c['n'] for c in cells), 'trial')}, "
+    fig.suptitle(f"Neurons x hidden layers{suffix}: {counted(sum(c['n'] for c in cells), 'trial')}, "
                  f"{seeds} per cell; outlined: best cell by validation accuracy", fontsize=13)
     return _save(fig, path, tight=False)
 

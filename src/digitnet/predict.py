@@ -1,4 +1,4 @@
-"""Inference: load a trained model once and read digits from image files, bytes or arrays."""
+"""Inference: load a trained model once and read digits (or clothes) from image files, bytes or arrays."""
 
 from __future__ import annotations
 
@@ -8,17 +8,21 @@ import itertools
 import os
 import re
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
 from PIL import Image
 
+from digitnet.clothes import NOTE, prepare_clothing
+from digitnet.data import class_names, trained_dataset
 from digitnet.errors import DigitnetError
 from digitnet.model import (N_CLASSES, layer_sizes, load_model, make_numpy_activations_fn, make_numpy_predict_fn,
                             make_predict_fn)
 from digitnet.images import ImageError
+from digitnet.preprocess import preprocess
 from digitnet.segment import Digit, read_digits
 from digitnet.run import MODEL, RunDir, model_file
 
@@ -32,9 +36,11 @@ class Predictor:
     """A loaded model and its forward pass; safe to share between threads: the pass is pure and the
     weights are never written, so no lock is needed."""
 
-    def __init__(self, model: keras.Model, path: Path | None = None) -> None:
+    def __init__(self, model: keras.Model, path: Path | None = None, dataset: str = "mnist") -> None:
         self.model = model
         self.path = path
+        self.dataset = dataset
+        self.classes = class_names(dataset)
         # Dense networks (all that digitnet trains) run in NumPy; any other goes through XLA, compiled now.
         self._forward = make_numpy_predict_fn(model)
         self.compiled = self._forward is None
@@ -44,9 +50,29 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Predictor":
-        """Load a run folder (its model.keras) or a .keras file, ready to predict."""
+        """Load a run folder (its model.keras) or a .keras file, ready to predict; the run's config.json says which
+        data set it learned (a .keras file on its own: MNIST)."""
         model_path = model_file(path)
-        return cls(load_model(model_path, compile=False), model_path)
+        return cls(load_model(model_path, compile=False), model_path, trained_dataset(model_path))
+
+    def prepare(self, source: str | os.PathLike | bytes) -> np.ndarray:
+        """The (28, 28) image in [0, 1] the network reads: handwriting brought to MNIST's convention, or a photo of
+        clothes brought to Fashion-MNIST's; ImageError if it cannot be read."""
+        if self.dataset == "fashion-mnist":
+            return prepare_clothing(source)
+        return preprocess(source, require_ink=True)
+
+    def read(self, source: str | os.PathLike | bytes, one_digit: bool = False) -> list[Digit]:
+        """The inputs in an image, each as the network reads it: the digits of a number, left to right (with
+        `one_digit`, the whole ink as one), or a photo of clothes, whole. ImageError if it cannot be read."""
+        if self.dataset == "fashion-mnist":
+            return [Digit(prepare_clothing(source), None)]
+        return read_digits(source, one=one_digit)
+
+    @property
+    def note(self) -> str | None:
+        """What `predict` says it does to the images, where it is not MNIST's preprocessing."""
+        return NOTE if self.dataset == "fashion-mnist" else None
 
     def _warm_up(self) -> None:
         """Run each padded batch size once, so that compiling happens now rather than on a request."""
@@ -88,7 +114,7 @@ class Predictor:
         names = list(names) if names is not None else [source_name(s, i) for i, s in enumerate(sources)]
         if len(names) != len(sources):
             raise ValueError(f"got {len(names)} names for {len(sources)} sources")
-        numbers, errors = read_numbers(sources, one_digit)
+        numbers, errors = read_numbers(sources, partial(self.read, one_digit=one_digit))
         digits = [digit for i in sorted(numbers) for digit in numbers[i]]
         probabilities = iter(self.predict_arrays(np.stack([d.pixels for d in digits])) if digits else [])
         saved = iter(self._save(numbers, names, save_dir) if save_dir is not None else [])
@@ -99,7 +125,8 @@ class Predictor:
                 continue
             count = len(numbers[i])
             paths = [str(next(saved)) for _ in range(count)] if save_dir is not None else None
-            results.append(reading(name, numbers[i], [next(probabilities) for _ in range(count)], paths))
+            results.append(reading(name, numbers[i], [next(probabilities) for _ in range(count)], paths, self.classes,
+                                   number=self.dataset != "fashion-mnist"))
         return results
 
     @staticmethod
@@ -126,7 +153,8 @@ class Predictor:
         return None if self._activations is None else self._activations(x)
 
     def describe(self) -> dict[str, Any]:
-        """What is being served: layer sizes, parameter count and, when the run recorded it, test accuracy.
+        """What is being served: layer sizes, parameter count, data set and class names and, when the run recorded
+        it, test accuracy.
 
         The run is named by its folder's name alone: the server's own paths are no business of its clients.
         """
@@ -136,6 +164,8 @@ class Predictor:
             "layers": [{"name": n, "units": u, "activation": a} for n, u, a in layer_sizes(self.model)],
             "parameters": int(self.model.count_params()),
             "test_accuracy": RunDir(self.path.parent).test_accuracy() if self.path else None,
+            "dataset": self.dataset,
+            "classes": list(self.classes),
         }
 
 
@@ -145,14 +175,15 @@ def source_name(source: str | os.PathLike | bytes, index: int) -> str:
 
 
 def read_numbers(
-    sources: Iterable[str | os.PathLike | bytes], one_digit: bool = False
+    sources: Iterable[str | os.PathLike | bytes], read: Callable[[Any], list[Digit]] = read_digits
 ) -> tuple[dict[int, list[Digit]], dict[int, str]]:
-    """The digits of each readable source by position, left to right, and an error message for each that failed."""
+    """What `read` finds in each readable source (digits, left to right), by position, and an error message for
+    each source that failed."""
     numbers: dict[int, list[Digit]] = {}
     errors: dict[int, str] = {}
     for i, source in enumerate(sources):
         try:
-            numbers[i] = read_digits(source, one=one_digit)
+            numbers[i] = read(source)
         except ImageError as err:
             errors[i] = str(err)
         except OSError as err:  # e.g. a folder or an unreadable file given as an image
@@ -160,41 +191,45 @@ def read_numbers(
     return numbers, errors
 
 
-def prediction(name: str, probabilities: np.ndarray) -> dict[str, Any]:
-    """The result object for one digit: its label, that label's probability and all ten."""
+def prediction(name: str, probabilities: np.ndarray, classes: Sequence[str] = class_names("mnist")) -> dict[str, Any]:
+    """The result object for one input: its label and class name, that label's probability and all ten."""
     probs = [float(p) for p in probabilities]
     label = int(np.argmax(probabilities))
-    return {"file": name, "label": label, "probability": probs[label], "probabilities": probs}
+    return {"file": name, "label": label, "class": classes[label], "probability": probs[label], "probabilities": probs}
 
 
 def reading(
-    name: str, digits: Sequence[Digit], probabilities: Sequence[np.ndarray], preprocessed: Sequence[str] | None = None
+    name: str, digits: Sequence[Digit], probabilities: Sequence[np.ndarray], preprocessed: Sequence[str] | None = None,
+    classes: Sequence[str] = class_names("mnist"), number: bool = True,
 ) -> dict[str, Any]:
     """The result object for one image, as `digitnet predict --json` prints it.
 
-    "number" is the digits read left to right, as a string; "digits" gives each one's label, probabilities,
+    "number" is the digits read left to right, as a string; "digits" gives each one's label, class, probabilities,
     "box" (left, top, right, bottom in the image's pixels) and, when saved, "preprocessed". An image of one
-    digit, the common case, also has that digit's "label", "probability" and "probabilities" at the top
-    (and its "preprocessed"), as a reader of single digits expects.
+    digit, the common case, also has that digit's "label", "class", "probability" and "probabilities" at the top
+    (and its "preprocessed"), as a reader of single digits expects. Without `number` (a photo of clothes, read
+    whole) the result is that one object alone.
     """
     each = []
     for digit, probs, place in zip(digits, probabilities, range(len(digits))):
-        entry = prediction(name, probs)
+        entry = prediction(name, probs, classes)
         del entry["file"]
-        entry["box"] = list(digit.box)
+        if digit.box is not None:
+            entry["box"] = list(digit.box)
         if preprocessed is not None:
             entry["preprocessed"] = preprocessed[place]
         each.append(entry)
     result: dict[str, Any] = {"file": name}
     if len(each) == 1:
         result.update({key: value for key, value in each[0].items() if key != "box"})
-    result["number"] = "".join(str(entry["label"]) for entry in each)
-    result["digits"] = each
+    if number:
+        result["number"] = "".join(str(entry["label"]) for entry in each)
+        result["digits"] = each
     return result
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """A 28x28 grey PNG of an image in [0, 1]: exactly what the network saw, white digit on black."""
+    """A 28x28 grey PNG of an image in [0, 1]: exactly what the network saw, a white digit or garment on black."""
     pixels = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")

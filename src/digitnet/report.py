@@ -19,7 +19,7 @@ import numpy as np
 import digitnet
 from digitnet import plots
 from digitnet.config import TrainConfig
-from digitnet.data import Mnist, load_mnist
+from digitnet.data import Mnist, expect_dataset, get_dataset, load_dataset
 from digitnet.errors import DigitnetError
 from digitnet.files import write_atomic
 from digitnet.evaluate import evaluate_run, predict_probabilities
@@ -46,17 +46,18 @@ METRIC_LABELS = {
     "keras": "Keras version",
 }
 
+# Captions say "{noun}": a digit for MNIST, a class for a data set of named classes.
 CAPTIONS = {
     "network": "Each column is a layer and each circle a neuron; every neuron of a layer feeds every neuron of the "
-    "next through one weight, plus one bias per neuron. The ten output neurons give the probability of each digit.",
+    "next through one weight, plus one bias per neuron. The ten output neurons give the probability of each {noun}.",
     "samples": "The first training images, as the network sees them: 28\u00d728 grey levels, flattened to 784 inputs.",
     "curves": "Loss and accuracy after each epoch, on the training images and on the held-out validation images. "
     "A validation curve that stalls or turns while the training curve keeps improving means the network is "
     "memorising its training images (overfitting).",
-    "confusion": "Rows are the true digit, columns the digit the network answered; the diagonal holds the correct "
-    "answers. Left: image counts. Right: each row as percentages, so the digits can be compared whatever their "
+    "confusion": "Rows are the true {noun}, columns the {noun} the network answered; the diagonal holds the correct "
+    "answers. Left: image counts. Right: each row as percentages, so the {noun}s can be compared whatever their "
     "number, with mistakes on their own colour scale.",
-    "per_class": "Precision of digit d: of the images the network called d, the share that really are d. "
+    "per_class": "Precision of {noun} d: of the images the network called d, the share that really are d. "
     "Recall of d: of the images of d, the share the network recognised. The dashed line is the overall accuracy.",
     "errors": "The test images the network got wrong while most sure of its answer. Some are hard even for a person.",
 }
@@ -66,7 +67,7 @@ TITLES = {
     "samples": "Training data",
     "curves": "Training curves",
     "confusion": "Confusion matrix",
-    "per_class": "Precision and recall per digit",
+    "per_class": "Precision and recall per {noun}",
     "errors": "Most confident mistakes",
 }
 
@@ -74,7 +75,7 @@ TITLES = {
 def write_report(run_dir: str | Path, data_dir: str | Path | None = None, data: Mnist | None = None) -> Path:
     """Draw the pictures of a run into RUN_DIR/plots, write RUN_DIR/report.html and return its path.
 
-    `data` (anything with MNIST's four arrays) spares loading MNIST from `data_dir`; the test set is used
+    `data` (the four arrays of the run's data set) spares loading it from `data_dir`; the test set is used
     for the evaluation, if the run has none yet, and for the mistakes; the training set for the samples.
     """
     run = RunDir(run_dir)
@@ -85,7 +86,8 @@ def write_report(run_dir: str | Path, data_dir: str | Path | None = None, data: 
         raise DigitnetError(f"{run.file('history.csv')}: no epochs recorded; train the run for at least one epoch")
     metrics = run.read_json(METRICS)
     model = load_model(run.path)
-    data = load_mnist(data_dir) if data is None else data
+    data = load_dataset(config.dataset, data_dir) if data is None else data
+    expect_dataset(data, config.dataset)
     evaluation = load_or_evaluate(run, data)
     images = draw_plots(run.file(PLOTS), model, history, evaluation, data)
     page = render_html(run.path.resolve().name, config, metrics, evaluation, model_summary(model), images)
@@ -104,15 +106,17 @@ def load_or_evaluate(run: RunDir, data: Mnist) -> dict:
 
 def draw_plots(plot_dir: Path, model: keras.Model, history: list[dict], evaluation: dict, data: Mnist) -> dict[str, Path]:
     """Save the six PNGs of a run into plot_dir; returns their paths by name."""
-    scores = evaluation["per_class"]
+    scores, classes = evaluation["per_class"], data.classes
     probabilities = predict_probabilities(model, data.test_images)
     paths = {
-        "network": plots.plot_network(layer_sizes(model), plot_dir / "network.png", model.count_params()),
-        "samples": plots.plot_samples(data.train_images, data.train_labels, plot_dir / "samples.png"),
+        "network": plots.plot_network(layer_sizes(model), plot_dir / "network.png", model.count_params(), classes),
+        "samples": plots.plot_samples(data.train_images, data.train_labels, plot_dir / "samples.png", classes=classes),
         "curves": plots.plot_curves(history, plot_dir / "curves.png"),
-        "confusion": plots.plot_confusion(evaluation["confusion_matrix"], plot_dir / "confusion.png"),
-        "per_class": plots.plot_per_class(scores["precision"], scores["recall"], plot_dir / "per_class.png", evaluation["accuracy"]),
-        "errors": plots.plot_errors(data.test_images, data.test_labels, probabilities, plot_dir / "errors.png"),
+        "confusion": plots.plot_confusion(evaluation["confusion_matrix"], plot_dir / "confusion.png", classes),
+        "per_class": plots.plot_per_class(scores["precision"], scores["recall"], plot_dir / "per_class.png",
+                                          evaluation["accuracy"], classes),
+        "errors": plots.plot_errors(data.test_images, data.test_labels, probabilities, plot_dir / "errors.png",
+                                    classes=classes),
     }
     return {name: paths[name] for name in PLOT_FILES}
 
@@ -134,15 +138,18 @@ def render_html(
     """The whole report page as one string: header, key numbers, the six figures and the tables."""
     sizes = "-".join(str(n) for n in (N_PIXELS, *config.hidden, N_CLASSES))
     activations = ", ".join(sorted(set(config.activations))) or "none"
-    extras = {"per_class": _per_class_table(evaluation)}
-    figures = {key: _figure(key, path, extras.get(key, "")) for key, path in images.items()}
+    dataset = get_dataset(config.dataset)
+    noun = plots.class_labels(dataset.classes)[1]
+    extras = {"per_class": _per_class_table(evaluation, dataset.classes, noun)}
+    figures = {key: _figure(key, path, extras.get(key, ""), noun) for key, path in images.items()}
     body = f"""
 <header>
   <h1>Run <code>{_e(name)}</code></h1>
   <p class="lede">A {_e(sizes)} network ({_e(activations)}), trained for {metrics.get('epochs', config.epochs)} epochs
-  with {_e(config.optimizer)} at learning rate {config.learning_rate:g} and batch size {_e(config.batch_size)}.</p>
+  with {_e(config.optimizer)} at learning rate {config.learning_rate:g} and batch size {_e(config.batch_size)},
+  on {_e(dataset.title)}.</p>
   {_cards(metrics, evaluation)}
-  <nav>{' '.join(f'<a href="#{key}">{_e(TITLES[key])}</a>' for key in images)}
+  <nav>{' '.join(f'<a href="#{key}">{_e(TITLES[key].format(noun=noun))}</a>' for key in images)}
   <a href="#metrics">Metrics</a> <a href="#config">Configuration</a> <a href="#summary">Model summary</a></nav>
 </header>
 <main>
@@ -174,13 +181,14 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _figure(key: str, path: Path, extra: str = "") -> str:
+def _figure(key: str, path: Path, extra: str = "", noun: str = "digit") -> str:
     """One picture, embedded as a base64 data URI, with its title, a caption that says how to read it, and extra HTML."""
     encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    title, caption = TITLES[key].format(noun=noun), CAPTIONS[key].format(noun=noun)
     return (
-        f'<section id="{key}"><h2>{_e(TITLES[key])}</h2><figure>'
-        f'<img src="data:image/png;base64,{encoded}" alt="{_e(TITLES[key])}">'
-        f"<figcaption>{_e(CAPTIONS[key])}</figcaption></figure>{extra}</section>"
+        f'<section id="{key}"><h2>{_e(title)}</h2><figure>'
+        f'<img src="data:image/png;base64,{encoded}" alt="{_e(title)}">'
+        f"<figcaption>{_e(caption)}</figcaption></figure>{extra}</section>"
     )
 
 
@@ -230,19 +238,19 @@ def _metrics_table(metrics: dict) -> str:
     return _table(["metric", "value"], rows)
 
 
-def _per_class_table(evaluation: dict) -> str:
-    """Precision, recall, F1 and support of each digit, and the digit it is most often mistaken for."""
+def _per_class_table(evaluation: dict, classes: tuple[str, ...], noun: str = "digit") -> str:
+    """Precision, recall, F1 and support of each class, and the class it is most often mistaken for."""
     scores, matrix = evaluation["per_class"], np.asarray(evaluation["confusion_matrix"])
     rows = []
-    for digit in range(len(matrix)):
-        mistakes = np.where(np.arange(len(matrix)) == digit, -1, matrix[digit])
+    for label in range(len(matrix)):
+        mistakes = np.where(np.arange(len(matrix)) == label, -1, matrix[label])
         worst = int(mistakes.argmax())
-        confused = f"{worst} ({matrix[digit, worst]}\u00d7)" if mistakes[worst] > 0 else "\u2013"
-        rows.append([str(digit), f"{scores['precision'][digit]:.2%}", f"{scores['recall'][digit]:.2%}",
-                     f"{scores['f1'][digit]:.4f}", f"{scores['support'][digit]:,}", confused])
+        confused = f"{_e(classes[worst])} ({matrix[label, worst]}\u00d7)" if mistakes[worst] > 0 else "\u2013"
+        rows.append([_e(classes[label]), f"{scores['precision'][label]:.2%}", f"{scores['recall'][label]:.2%}",
+                     f"{scores['f1'][label]:.4f}", f"{scores['support'][label]:,}", confused])
     rows.append(["<b>all</b>", "", f"<b>{evaluation['accuracy']:.2%}</b>", "", f"<b>{evaluation['n']:,}</b>", ""])
-    table = _table(["digit", "precision", "recall", "F1", "test images", "most often read as"], rows)
-    return f"<h3>Scores per digit</h3>{table}"
+    table = _table([noun, "precision", "recall", "F1", "test images", "most often read as"], rows)
+    return f"<h3>Scores per {noun}</h3>{table}"
 
 
 def _config_table(config: TrainConfig) -> str:

@@ -42,7 +42,8 @@ class Digit:
     """One digit of a number: its MNIST-style input and where it stands in the image."""
 
     pixels: np.ndarray  # (28, 28) float32 in [0, 1], white on black, as to_mnist gives for this digit alone
-    box: tuple[int, int, int, int]  # (left, top, right, bottom) of its ink in the image, pixels, right and bottom excluded
+    # (left, top, right, bottom) of its ink in the image, pixels, right and bottom excluded; None for a whole picture
+    box: tuple[int, int, int, int] | None
 
 
 def read_digits(source: bytes | str | os.PathLike, *, one: bool = False) -> list[Digit]:

@@ -1,4 +1,4 @@
-"""The web server: a drawing page at / and a JSON API that reads digits with a loaded Predictor."""
+"""The web server: a drawing page at / and a JSON API that reads digits (or clothes) with a loaded Predictor."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from importlib import resources
-from typing import Any
+from typing import Any, Sequence
 
 import anyio
 import jax
@@ -39,7 +39,7 @@ from digitnet.internals import uvicorn_hands_connections, uvicorn_protocol_facto
 from digitnet.interrupts import saves_on_ctrl_c
 from digitnet.images import ImageError
 from digitnet.predict import Predictor, encode_png, reading
-from digitnet.segment import Digit, read_digits
+from digitnet.segment import Digit
 from digitnet.run import model_file
 
 # A 280x280 canvas PNG is 3-20 kB and a phone photo of a digit a few MB; anything larger is refused
@@ -83,14 +83,14 @@ def create_app(predictor: Predictor, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
 
     @app.get("/model")
     async def model() -> dict[str, Any]:
-        """The served network: layers, parameter count, test accuracy."""
+        """The served network: layers, parameter count, test accuracy, data set and class names."""
         return description
 
     @app.post("/predict")
     async def predict(request: Request, one_digit: bool = False) -> JSONResponse:
-        """The digits in an uploaded image or a canvas data URL, as `digitnet predict --json` gives them, each
-        with "preprocessed": the 28x28 image the network saw, as a PNG data URL. `?one_digit=true` reads the
-        image as one digit, without splitting its ink."""
+        """The digits (or the piece of clothing) in an uploaded image or a canvas data URL, as `digitnet predict
+        --json` gives them, each with "preprocessed": the 28x28 image the network saw, as a PNG data URL.
+        `?one_digit=true` reads the image as one digit, without splitting its ink."""
         body = await read_body(request, max_body_bytes)
         name, data = await parse_image_request(request, body)
         # Drawings are small: reading them on the event loop saves the hand-off to a worker thread (about
@@ -214,14 +214,14 @@ class BatchedReader:
         readable = []
         for name, data, one_digit, future in waiting:
             try:
-                readable.append((name, read_number(name, data, one_digit), future))
+                readable.append((name, read_number(self._predictor, name, data, one_digit), future))
             except HTTPException as err:  # this drawing cannot be read: 422 for it alone
                 settle(future, error=err)
         if readable:
             digits = [digit for _, number, _ in readable for digit in number]
             probabilities = iter(self._predictor.predict_arrays(np.stack([digit.pixels for digit in digits])))
             for name, number, future in readable:
-                settle(future, result=answer(name, number, [next(probabilities) for _ in number]))
+                settle(future, result=answer(self._predictor, name, number, [next(probabilities) for _ in number]))
 
 
 def settle(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
@@ -234,10 +234,11 @@ def settle(future: asyncio.Future, result: Any = None, error: BaseException | No
         future.set_result(result)
 
 
-def read_number(name: str, data: bytes, one_digit: bool = False) -> list[Digit]:
-    """The digits of an encoded image, left to right; 422 if it cannot be read."""
+def read_number(predictor: Predictor, name: str, data: bytes, one_digit: bool = False) -> list[Digit]:
+    """The inputs of an encoded image as the predictor's network reads them (digits, left to right); 422 if it
+    cannot be read."""
     try:
-        return read_digits(data, one=one_digit)
+        return predictor.read(data, one_digit)
     except ImageError as err:
         raise HTTPException(422, f"{name}: {err}") from None
     except Exception as err:  # any other failure to decode arbitrary bytes is still the input's fault
@@ -245,16 +246,16 @@ def read_number(name: str, data: bytes, one_digit: bool = False) -> list[Digit]:
         raise HTTPException(422, f"{name}: cannot read this image ({type(err).__name__})") from None
 
 
-def answer(name: str, digits: list[Digit], probabilities: list[np.ndarray]) -> dict[str, Any]:
+def answer(predictor: Predictor, name: str, digits: list[Digit], probabilities: list[np.ndarray]) -> dict[str, Any]:
     """The /predict answer: `digitnet predict --json`'s object, with each digit's 28x28 image as a PNG data URL."""
     urls = ["data:image/png;base64," + base64.b64encode(encode_png(digit.pixels)).decode("ascii") for digit in digits]
-    return reading(name, digits, probabilities, urls)
+    return reading(name, digits, probabilities, urls, predictor.classes, number=predictor.dataset != "fashion-mnist")
 
 
 def predict_image(predictor: Predictor, name: str, data: bytes, one_digit: bool = False) -> dict[str, Any]:
     """The /predict answer for one encoded image, computed on the calling thread (photos: a worker thread)."""
-    digits = read_number(name, data, one_digit)
-    return answer(name, digits, list(predictor.predict_arrays(np.stack([digit.pixels for digit in digits]))))
+    digits = read_number(predictor, name, data, one_digit)
+    return answer(predictor, name, digits, list(predictor.predict_arrays(np.stack([digit.pixels for digit in digits]))))
 
 
 async def internal_error(request: Request, err: Exception) -> JSONResponse:

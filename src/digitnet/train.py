@@ -25,7 +25,7 @@ import numpy as np
 from digitnet.machine import available_cores
 from digitnet.augment import distort
 from digitnet.config import TrainConfig
-from digitnet.data import Mnist, Splits, load_mnist, split_validation
+from digitnet.data import Mnist, Splits, expect_dataset, load_dataset, split_validation
 from digitnet.errors import DigitnetError
 from digitnet.files import WriteError, write_atomic
 from digitnet.internals import initial_weights_drawn_together
@@ -276,18 +276,20 @@ def train_and_evaluate(config: TrainConfig, out_dir: str | Path, *, data: Mnist 
                        log: Callable[[str], None] = print, callbacks: Sequence[Callback] = ()) -> dict:
     """Train a model as the config says, checkpoint every epoch, evaluate on the test set; return the metrics.
 
-    `data` is MNIST, or a function that returns it (called once the run folder is known to be usable, so a
-    bad --out or --resume is reported before any wait for the data, and the folder is made only once the
-    data is there). The run folder (see digitnet.run) is held by this process until the function returns, and
+    `data` is the config's data set, or a function that returns it (called once the run folder is known to be
+    usable, so a bad --out or --resume is reported before any wait for the data, and the folder is made only once
+    the data is there). The run folder (see digitnet.run) is held by this process until the function returns, and
     ends with config.json, history.csv, checkpoint.npz, model.keras and metrics.json. `callbacks` are told of
     each stage (see Callback); one may stop the run, which then raises TrainingStopped.
     """
     run = RunDir(out_dir)
     if resume:
         run.check_resumable()
+        config = run.read_config()  # its data set says which data to load
     else:
         run.check_new()
-    data = data() if callable(data) else data or load_mnist(data_dir)
+    data = data() if callable(data) else data or load_dataset(config.dataset, data_dir)
+    expect_dataset(data, config.dataset)
     with run.claim():
         if resume:
             config = run.read_config()

@@ -157,9 +157,9 @@ async function sendDrawing() {
 function showResult(answer) {
   // answer: the /predict object, or null for an empty canvas.
   shown = answer;
-  const digits = answer ? answer.digits : [];
+  const digits = answer ? answer.digits ?? [answer] : []; // a photo of clothes is read whole: no digits
   if (selected >= digits.length) selected = 0;
-  digit.textContent = answer ? answer.number : "?";
+  digit.textContent = answer ? answer.number ?? answer.class : "?";
   if (!answer) confidence.textContent = "draw to begin";
   else if (digits.length === 1) confidence.textContent = `${(100 * digits[0].probability).toFixed(1)}% sure`;
   else {
@@ -204,9 +204,26 @@ async function showModel() {
     const sizes = model.layers.map((layer) => layer.units).join("-");
     const accuracy = model.test_accuracy == null ? "" : ` · test accuracy ${(100 * model.test_accuracy).toFixed(2)}%`;
     footer.textContent = `Network ${sizes} · ${model.parameters.toLocaleString("en")} parameters${accuracy}`;
+    if (model.dataset === "fashion-mnist") showClothes(model.classes);
   } catch (error) {
     footer.textContent = "Model details unavailable.";
   }
+}
+
+function showClothes(classes) {
+  // A Fashion-MNIST model: its ten classes by name, and what its inputs are made like.
+  document.title = "digitnet: draw a piece of clothing";
+  document.getElementById("hint").textContent =
+    "Draw a piece of clothing (a T-shirt, trousers, a shoe, a bag...) filling the black box, light on black.";
+  document.getElementById("seen-caption").innerHTML =
+    "What the network saw:<br>28&times;28 pixels, fitted like Fashion-MNIST";
+  digit.style.fontSize = "2rem"; // a name, not a single digit
+  bars.forEach(({ row }, i) => {
+    row.style.gridTemplateColumns = "6.4rem 1fr 3.4rem";
+    const label = row.querySelector(".label");
+    label.textContent = classes[i];
+    label.style.textAlign = "left";
+  });
 }
 
 reset();

@@ -4,7 +4,7 @@
 const TOKEN = new URLSearchParams(location.search).get("token");
 const PEN_WIDTH = 20; // px on the 280 px canvas: after scaling to MNIST's 20 px box, about MNIST's 2 px pen
 const THROTTLE_MS = 60; // at most about sixteen drawings a second while the pen moves
-const TRAINING_IMAGES = 55000; // MNIST's 60,000 less the 5,000 held out for validation
+const TRAINING_IMAGES = 55000; // either data set's 60,000 less the 5,000 held out for validation
 const COLORS = ["#2463eb", "#d9480f", "#2b8a3e", "#ae3ec9", "#e67700", "#0b7285", "#c2255c", "#5c940d", "#364fc7"];
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -12,6 +12,7 @@ const $$ = (selector, root = document) => [...root.querySelectorAll(selector)];
 
 const state = {
   limits: null,
+  datasets: [], // {name, title, classes} of each data set the lab trains on
   current: null, // the job training (or the last one that ended, still shown)
   waiting: [],
   runs: [],
@@ -54,6 +55,8 @@ function handleEvent(event) {
   switch (event.type) {
     case "state":
       state.limits = event.limits;
+      state.datasets = event.datasets;
+      showDatasets();
       state.waiting = event.waiting;
       if (event.current) showJob(event.current, true);
       showLimits();
@@ -120,6 +123,7 @@ function settings() {
   const descent = form.elements.descent.value;
   return {
     hidden: $$("#layer-list .width").map((input) => number(input.value)),
+    dataset: form.elements.dataset.value,
     activation: form.elements.activation.value,
     batch_size: descent === "batch" ? "full" : descent === "stochastic" ? 1 : number(form.elements.batch_size.value),
     optimizer: form.elements.optimizer.value,
@@ -169,6 +173,19 @@ async function train(event) {
   if (position > 0) $("#run-status").textContent = `${job.run} is waiting: ${position} run(s) before it.`;
 }
 
+function showDatasets() {
+  // The data sets the lab offers, by name, in the design form and above the scatter chart.
+  for (const select of [$("#train-form").elements.dataset, $("#scatter-dataset")]) {
+    const chosen = select.value;
+    select.replaceChildren(...state.datasets.map((dataset) => new Option(dataset.title, dataset.name)));
+    if (state.datasets.some((dataset) => dataset.name === chosen)) select.value = chosen;
+  }
+}
+
+function datasetTitle(name) {
+  return state.datasets.find((dataset) => dataset.name === name)?.title ?? name ?? "";
+}
+
 function showLimits() {
   const limits = state.limits;
   $("#limits").textContent = `This lab allows up to ${limits.max_depth} hidden layers of up to ` +
@@ -193,7 +210,8 @@ function showJob(job, reset) {
   const config = job.config;
   const descent = config.batch_size === "full" ? "batch descent" : config.batch_size === 1 ? "stochastic descent"
     : `mini-batches of ${config.batch_size}`;
-  const what = `${job.run}: ${layersText(config.hidden)}, ${config.activation.join("/")}, ${descent}, ${config.optimizer}`;
+  const what = `${job.run}: ${layersText(config.hidden)}, ${config.activation.join("/")}, ${descent}, ` +
+    `${config.optimizer}, on ${datasetTitle(config.dataset)}`;
   const doing = { starting: "building and compiling", training: "training", stopping: "stopping after this epoch" };
   $("#run-status").textContent = `${what} · ${doing[job.state] || job.state}`;
   showProgress(job.steps ? job.steps_done / job.steps : 0, job.seconds_left);
@@ -236,7 +254,8 @@ function endJob(job) {
     state.current = { ...state.current, ...job, history: state.current.history };
     $("#stop").disabled = true;
     const metrics = state.current.metrics;
-    const outcome = job.state === "finished" && metrics ? `finished: test accuracy ${percent(metrics.test_accuracy)}`
+    const outcome = job.state === "finished" && metrics
+      ? `finished: test accuracy ${percent(metrics.test_accuracy)} on ${datasetTitle(job.config.dataset)}`
       : `${job.state}${job.message ? `: ${job.message}` : ""}`;
     $("#run-status").textContent = `${job.run}: ${outcome}`;
     $("#time-left").textContent = "";
@@ -309,8 +328,9 @@ function updateLiveCharts() {
 
 function drawScatter() {
   // Test accuracy against parameters or width, one series per depth; the best run at each x of each depth.
-  const key = $("#scatter-x").value;
-  const done = state.runs.filter((run) => run.test_accuracy != null && run[key] > 0);
+  // Runs of one data set only: accuracies on two test sets do not compare.
+  const key = $("#scatter-x").value, dataset = $("#scatter-dataset").value;
+  const done = state.runs.filter((run) => run.test_accuracy != null && run[key] > 0 && run.dataset === dataset);
   const xs = [...new Set(done.map((run) => run[key]))].sort((a, b) => a - b);
   const depths = [...new Set(done.map((run) => run.depth))].sort((a, b) => a - b);
   const columns = depths.map((depth) => xs.map((x) => {
@@ -386,7 +406,8 @@ function runRow(run) {
   row.dataset.run = run.run;
   row.classList.toggle("selected", run.run === state.selected);
   const batch = run.batch_size === "full" ? "all" : run.batch_size;
-  const cells = [run.hidden ? layersText(run.hidden) : "", run.parameters?.toLocaleString("en") ?? "", run.activation ?? "",
+  const cells = [datasetTitle(run.dataset), run.hidden ? layersText(run.hidden) : "",
+    run.parameters?.toLocaleString("en") ?? "", run.activation ?? "",
     batch ?? "", run.epochs ? `${run.epochs_done}/${run.epochs}` : "", percent(run.val_accuracy),
     percent(run.test_accuracy), run.train_seconds ? `${run.train_seconds.toFixed(1)} s` : "–"];
   row.innerHTML = `<td><input type="checkbox" class="pick" aria-label="Overlay this run's curves"></td>
@@ -438,22 +459,45 @@ async function selectRun(run) {
   }
   const result = answer.data;
   const errors = result.n - Math.round(result.accuracy * result.n);
-  $("#inspect-summary").textContent = `Test accuracy ${percent(result.accuracy)} (${errors} of ` +
+  $("#inspect-summary").textContent = `Test accuracy on ${result.title} ${percent(result.accuracy)} (${errors} of ` +
     `${result.n.toLocaleString("en")} test images read wrong), loss ${result.loss.toFixed(4)}.`;
   $(".inspect-grid").hidden = false;
-  showConfusion(result.confusion_matrix);
-  showMistakes(result.mistakes);
+  showClasses(result.classes);
+  showConfusion(result.confusion_matrix, result.classes);
+  showMistakes(result.mistakes, result.classes);
   buildNetwork(result.layers);
   resetPad();
   showWeights(run);
 }
 
-function showConfusion(matrix) {
+const isDigits = (classes) => classes.every((name, i) => name === String(i));
+
+function showClasses(classes) {
+  // The run's classes: digits, or names (Fashion-MNIST's garments) that need wider labels.
+  const named = !isDigits(classes);
+  $("#pad-title").textContent = named ? "Draw a piece of clothing" : "Draw a digit";
+  $("#pad").setAttribute("aria-label", `Drawing area: draw one ${named ? "piece of clothing" : "digit"}`);
+  $$("#inspect .noun").forEach((span) => { span.textContent = named ? "class" : "digit"; });
+  $("#probabilities").classList.toggle("named", named);
+  $("#drawn-digit").classList.toggle("named", named);
+  $$("#probabilities .label").forEach((label, i) => { label.textContent = classes[i]; });
+}
+
+function escapeHtml(text) {
+  const span = document.createElement("span");
+  span.textContent = text;
+  return span.innerHTML;
+}
+
+function showConfusion(matrix, classes) {
   const table = $("#confusion");
-  const header = "<tr><th></th>" + matrix.map((_, j) => `<th scope="col">${j}</th>`).join("") + "</tr>";
+  const named = !isDigits(classes);
+  const names = classes.map(escapeHtml);
+  const header = "<tr><th></th>" + matrix.map((_, j) =>
+    `<th scope="col"${named ? ' class="name-col"' : ""}>${names[j]}</th>`).join("") + "</tr>";
   const rows = matrix.map((counts, i) => {
     const total = counts.reduce((a, b) => a + b, 0) || 1;
-    return `<tr><th scope="row">${i}</th>` + counts.map((count, j) => {
+    return `<tr><th scope="row">${names[i]}</th>` + counts.map((count, j) => {
       const share = count / total;
       const color = i === j ? `rgb(36 99 235 / ${share})` : `rgb(217 72 15 / ${Math.min(1, share * 8)})`;
       return `<td style="background:${color}" class="${i === j ? "hit" : count ? "miss" : ""}">${count}</td>`;
@@ -462,14 +506,14 @@ function showConfusion(matrix) {
   table.innerHTML = header + rows.join("");
 }
 
-function showMistakes(mistakes) {
+function showMistakes(mistakes, classes) {
   $("#mistakes").replaceChildren(...mistakes.map((mistake) => {
     const figure = document.createElement("figure");
     figure.innerHTML = `<img width="56" height="56" alt=""><figcaption></figcaption>`;
     figure.querySelector("img").src = mistake.image;
-    figure.querySelector("img").alt = `test image ${mistake.index}, a ${mistake.label}`;
-    figure.querySelector("figcaption").textContent = `${mistake.label} read as ${mistake.predicted} ` +
-      `(${(100 * mistake.probability).toFixed(0)}%)`;
+    figure.querySelector("img").alt = `test image ${mistake.index}, a ${classes[mistake.label]}`;
+    figure.querySelector("figcaption").textContent = `${classes[mistake.label]} read as ` +
+      `${classes[mistake.predicted]} (${(100 * mistake.probability).toFixed(0)}%)`;
     return figure;
   }));
 }
@@ -609,7 +653,7 @@ async function sendDrawing() {
 
 function showAnswer(answer) {
   const probabilities = answer ? answer.probabilities : new Array(10).fill(0);
-  $("#drawn-digit").textContent = answer ? String(answer.label) : "?";
+  $("#drawn-digit").textContent = answer ? answer.class : "?";
   $("#drawn-confidence").textContent = answer ? `${(100 * answer.probability).toFixed(1)}% sure` : "draw to begin";
   $$("#probabilities li").forEach((row, i) => {
     row.querySelector(".fill").style.width = `${(100 * probabilities[i]).toFixed(1)}%`;
@@ -704,6 +748,7 @@ function start() {
     renderRuns();
   }));
   $("#scatter-x").addEventListener("change", drawScatter);
+  $("#scatter-dataset").addEventListener("change", drawScatter);
   $("#overlay-metric").addEventListener("change", drawOverlay);
   $("#weights-grid").addEventListener("click", openNeuron);
   $("#train-form").elements.train_size.placeholder = `all ${TRAINING_IMAGES.toLocaleString("en")}`;

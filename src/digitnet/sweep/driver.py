@@ -9,7 +9,6 @@ is reported and never used to choose.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -98,7 +97,13 @@ def run_sweep(sweep: SweepConfig, sweep_dir: str | Path, *, workers: int | None 
     of results.csv.
     """
     sweep_dir = Path(sweep_dir).resolve()  # workers and Ray trials run in other working folders
-    data_dir = str(Path(data_dir).resolve()) if data_dir else os.environ.get("DIGITNET_DATA") or None
+    if data_dir:
+        data_dir = str(Path(data_dir).resolve())
+    elif data is None:  # named to the trials, which Ray may run on machines that do not share this environment
+        from digitnet.data import environment_folder, get_dataset  # here: workers import this module before NumPy
+
+        folder = environment_folder(get_dataset(sweep.base.dataset))
+        data_dir = str(folder.resolve()) if folder else None
     runner = choose_runner(workers, ray_address, cpus_per_trial, data, data_dir)
     prepare_sweep_dir(sweep_dir, sweep)
     trials = sweep.trials()

@@ -102,12 +102,12 @@ def attempt_trial(trial: Trial, base: TrainConfig, sweep_dir: Path, data: Mnist 
 
 
 @lru_cache(maxsize=2)
-def load_data(data_dir: str | None) -> Mnist:
-    """MNIST, read once per process, however many trials the process runs."""
+def load_data(dataset: str, data_dir: str | None) -> Mnist:
+    """The sweep's data set, read once per process, however many trials the process runs."""
     # Imported here: NumPy reads its thread settings when it loads, after a worker has set them.
-    from digitnet.data import load_mnist
+    from digitnet.data import load_dataset
 
-    return load_mnist(data_dir)
+    return load_dataset(dataset, data_dir)
 
 
 class Runner(Protocol):
@@ -122,7 +122,7 @@ class Runner(Protocol):
 
 
 class InProcess:
-    """Trials one after another in this process, on MNIST read once."""
+    """Trials one after another in this process, on the data read once."""
 
     where = "in this process"
 
@@ -130,7 +130,7 @@ class InProcess:
         self.data, self.data_dir = data, data_dir
 
     def run(self, trials: Sequence[Trial], base: TrainConfig, sweep_dir: Path, take: Take) -> None:
-        data = self.data or load_data(self.data_dir)
+        data = self.data or load_data(base.dataset, self.data_dir)
         for trial in trials:
             take(attempt_trial(trial, base, sweep_dir, data))
 
@@ -153,19 +153,20 @@ def pin_to_cores(cores: set[int]) -> None:
     use_cores(cores)
 
 
-def _init_worker(shares: Any, data_dir: str | None) -> None:
-    """Start a worker process: take a share of the cores (before JAX loads), then read MNIST once for all its trials."""
+def _init_worker(shares: Any, dataset: str, data_dir: str | None) -> None:
+    """Start a worker process: take a share of the cores (before JAX loads), then read the data once for all its
+    trials."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the whole pool
     try:
         use_cores(shares.get(timeout=10))
     except queue.Empty:
         use_cores()  # a worker started to replace a crashed one finds no share left and uses all cores
-    load_data(data_dir)
+    load_data(dataset, data_dir)
 
 
 def _pool_trial(task: tuple[Trial, TrainConfig, str, str | None]) -> dict:
     trial, base, sweep_dir, data_dir = task
-    return attempt_trial(trial, base, Path(sweep_dir), load_data(data_dir))
+    return attempt_trial(trial, base, Path(sweep_dir), load_data(base.dataset, data_dir))
 
 
 class LocalPool:
@@ -183,7 +184,8 @@ class LocalPool:
             shares.put(share)
         tasks = [(trial, base, str(sweep_dir), self.data_dir) for trial in largest_first(trials)]
         # Leaving the block terminates the workers, on Ctrl-C too; a half-trained trial resumes from its checkpoint.
-        with context.Pool(self.workers, initializer=_init_worker, initargs=(shares, self.data_dir)) as pool:
+        initargs = (shares, base.dataset, self.data_dir)
+        with context.Pool(self.workers, initializer=_init_worker, initargs=initargs) as pool:
             for outcome in pool.imap_unordered(_pool_trial, tasks):
                 take(outcome)
 
@@ -251,7 +253,8 @@ def _ray_trial(params: dict, *, base: dict, sweep_dir: str, data_dir: str | None
     """The Ray Tune function trainable: one trial, its outcome reported to Tune once (the driver writes the row)."""
     from ray import tune
 
-    outcome = attempt_trial(Trial(**params["trial"]), TrainConfig.from_dict(base), Path(sweep_dir), load_data(data_dir),
+    config = TrainConfig.from_dict(base)
+    outcome = attempt_trial(Trial(**params["trial"]), config, Path(sweep_dir), load_data(config.dataset, data_dir),
                             record=False)
     # Tune puts its own trial_id into every result, so the row travels whole as one JSON string.
     tune.report({"outcome": json.dumps(outcome), **{k: outcome[k] for k in ("val_accuracy", "test_accuracy") if k in outcome}})
@@ -282,7 +285,7 @@ class RayTune:
     """Trials as Ray Tune trials, `cpus_per_trial` CPUs each; the driver writes each row as its trial ends.
 
     On a cluster of several machines SWEEP_DIR and the data folder must be the same path on every one (a shared
-    file system): the trials write their run folders there and read MNIST from there.
+    file system): the trials write their run folders there and read the data from there.
     """
 
     def __init__(self, address: str, data_dir: str | None, cpus_per_trial: float = 1, num_cpus: int | None = None):
@@ -298,7 +301,7 @@ class RayTune:
             tuner = tune.Tuner(
                 tune.with_resources(trainable, {"cpu": self.cpus_per_trial}),
                 param_space={"trial": tune.grid_search([vars(trial) for trial in largest_first(trials)])},
-                # Reused actors keep JAX loaded and MNIST read between trials.
+                # Reused actors keep JAX loaded and the data read between trials.
                 tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=_tune_dirname),
                 run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir), verbose=0,
                                           callbacks=[_row_callback(tune, ResultsStore.of(sweep_dir), take)]),

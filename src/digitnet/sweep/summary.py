@@ -124,7 +124,7 @@ def format_summary(rows: Sequence[dict], sweep: SweepConfig) -> str:
     cells = cell_table(rows)
     base = sweep.base
     lines = [
-        "# Neurons x hidden layers",
+        f"# Neurons x hidden layers{dataset_suffix(base.dataset)}",
         "",
         f"{len(rows)} of {counted(len(sweep.trials()), 'trial')} finished; {counted(len(sweep.seeds), 'seed')} per cell; "
         f"{counted(base.epochs, 'epoch')}, {base.optimizer}, learning rate {base.learning_rate}, {base.schedule} schedule, "
@@ -146,6 +146,14 @@ def format_summary(rows: Sequence[dict], sweep: SweepConfig) -> str:
     return "\n".join(lines)
 
 
+def dataset_suffix(dataset: str) -> str:
+    """' on Fashion-MNIST' for a sweep on another data set than MNIST, whose titles name none, as they always did."""
+    # Imported here: trial workers import this package before they pin their cores, and NumPy with digitnet.data.
+    from digitnet.data import get_dataset
+
+    return "" if dataset == "mnist" else f" on {get_dataset(dataset).title}"
+
+
 def write_report(sweep_dir: str | Path) -> tuple[Path, Path]:
     """Write SWEEP_DIR/summary.md and SWEEP_DIR/sweep.png from results.csv and sweep.json; return their paths."""
     # Imported here: trial workers import this package and never draw.
@@ -159,5 +167,5 @@ def write_report(sweep_dir: str | Path) -> tuple[Path, Path]:
     sweep = SweepConfig.load(sweep_dir / SWEEP_FILE)
     summary = sweep_dir / SUMMARY_FILE
     write_atomic(summary, format_summary(rows, sweep))
-    return summary, plot_sweep(cell_table(rows), sweep_dir / PLOT_FILE)
+    return summary, plot_sweep(cell_table(rows), sweep_dir / PLOT_FILE, dataset_suffix(sweep.base.dataset))
 
