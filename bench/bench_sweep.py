@@ -33,8 +33,9 @@ def run_sweep(folder: Path, flags: list[str], data_dir: str | None) -> float:
     if data_dir:
         env["DIGITNET_DATA"] = data_dir
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "digitnet", "sweep", str(folder), *flags], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "digitnet", "sweep", str(folder), *flags], check=True, env=env, stdout=subprocess.DEVNULL
+    )
     return time.perf_counter() - started
 
 
@@ -45,6 +46,7 @@ def rows(folder: Path) -> dict[str, dict]:
 
 def moved_trials(before: dict[str, dict], after: dict[str, dict]) -> list[tuple]:
     """Trials whose test accuracy differs, with the spread over seeds of their cell (before)."""
+
     def cell(trial_id: str) -> str:
         return trial_id.rsplit("-s", 1)[0]  # w128-d2-relu-b128-s0 -> w128-d2-relu-b128
 
@@ -57,7 +59,9 @@ def moved_trials(before: dict[str, dict], after: dict[str, dict]) -> list[tuple]
         if a != b:
             seeds = cells[cell(trial_id)]
             spread = statistics.stdev(seeds) if len(seeds) > 1 else 0.0
-            moved.append((trial_id, f"{100 * a:.2f}%", f"{100 * b:.2f}%", f"{100 * (b - a):+.2f}", f"{100 * spread:.2f}"))
+            moved.append(
+                (trial_id, f"{100 * a:.2f}%", f"{100 * b:.2f}%", f"{100 * (b - a):+.2f}", f"{100 * spread:.2f}")
+            )
     return moved
 
 
@@ -77,23 +81,37 @@ def main() -> None:
         print(f"default scheduling: {default:.0f} s ({one_by_one / default:.2f}x)")
         before, after = rows(Path(tmp) / "one-by-one"), rows(Path(tmp) / "default")
     moved = moved_trials(before, after)
-    findings = [f"{len(before)} trials; {len(before) - len(moved)} with the same test accuracy both ways, "
-                f"{len(moved)} moved"]
+    findings = [
+        f"{len(before)} trials; {len(before) - len(moved)} with the same test accuracy both ways, {len(moved)} moved"
+    ]
     print(findings[0])
     for row in moved:
         print("  " + ", ".join(map(str, row)))
     if args.record:
-        table = markdown_table(["scheduling", "wall time", "speed-up"],
-                               [("`--workers 1`: one trial at a time in one process, every core", f"{one_by_one:.0f} s", "1.00x"),
-                                ("default: side by side, one thread each, where that is sooner", f"{default:.0f} s",
-                                 f"{one_by_one / default:.2f}x")], align="lrr")
-        parts = [f"`digitnet sweep {' '.join(flags) or '(defaults)'}`, each side from an empty compilation cache; "
-                 f"load average {load:.2f} before the run.", table, f"- {findings[0]}"]
+        table = markdown_table(
+            ["scheduling", "wall time", "speed-up"],
+            [
+                ("`--workers 1`: one trial at a time in one process, every core", f"{one_by_one:.0f} s", "1.00x"),
+                (
+                    "default: side by side, one thread each, where that is sooner",
+                    f"{default:.0f} s",
+                    f"{one_by_one / default:.2f}x",
+                ),
+            ],
+            align="lrr",
+        )
+        parts = [
+            f"`digitnet sweep {' '.join(flags) or '(defaults)'}`, each side from an empty compilation cache; "
+            f"load average {load:.2f} before the run.",
+            table,
+            f"- {findings[0]}",
+        ]
         if moved:
-            parts += ["Trials whose test accuracy moved (one thread and all cores sum floats in other orders), beside "
-                      "the standard deviation over seeds of their cell:",
-                      markdown_table(["trial", "one by one", "default", "points", "cell std (points)"], moved,
-                                     align="lrrrr")]
+            parts += [
+                "Trials whose test accuracy moved (one thread and all cores sum floats in other orders), beside "
+                "the standard deviation over seeds of their cell:",
+                markdown_table(["trial", "one by one", "default", "points", "cell std (points)"], moved, align="lrrrr"),
+            ]
         append_record(args.record, parts)
 
 

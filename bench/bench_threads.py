@@ -53,8 +53,16 @@ def epoch_seconds(width: int, batch: int, n_train: int) -> float:
     from digitnet.train import Trainer
 
     splits = split_validation(_state["mnist"], VAL_IMAGES, seed=0, train_size=n_train)
-    config = TrainConfig(hidden=(width,), batch_size=batch, optimizer="sgd", learning_rate=0.01,
-                         schedule="constant", epochs=EPOCHS, val_size=VAL_IMAGES, train_size=n_train)
+    config = TrainConfig(
+        hidden=(width,),
+        batch_size=batch,
+        optimizer="sgd",
+        learning_rate=0.01,
+        schedule="constant",
+        epochs=EPOCHS,
+        val_size=VAL_IMAGES,
+        train_size=n_train,
+    )
     trainer = Trainer(config, splits)
     times = [trainer.run_epoch(epoch)["seconds"] for epoch in range(1, EPOCHS + 1)]
     return statistics.median(times[1:])
@@ -76,13 +84,17 @@ def main() -> None:
     if len(cores) < 2:
         raise SystemExit("bench_threads: needs at least two cores to compare")
     load = os.getloadavg()[0]
-    print(f"# {len(cores)} cores, load average {load:.2f}; digitnet.machine chooses one thread under "
-          f"{ONE_THREAD_MAX_WORK:,} multiply-adds a step and {ONE_THREAD_MAX_WEIGHTS:,} weights")
+    print(
+        f"# {len(cores)} cores, load average {load:.2f}; digitnet.machine chooses one thread under "
+        f"{ONE_THREAD_MAX_WORK:,} multiply-adds a step and {ONE_THREAD_MAX_WEIGHTS:,} weights"
+    )
     context = get_context("spawn")
     one, every = worker(context, {cores[0]}, args.data_dir), worker(context, set(cores), args.data_dir)
     rows, agree = [], 0
-    print(f"{'batch':>6} {'width':>6} {'work/step':>12} {'1 core us/img':>14} {'all us/img':>11} {'all/1':>6} "
-          f"{'faster':>7} {'chosen':>7}")
+    print(
+        f"{'batch':>6} {'width':>6} {'work/step':>12} {'1 core us/img':>14} {'all us/img':>11} {'all/1':>6} "
+        f"{'faster':>7} {'chosen':>7}"
+    )
     for batch in BATCHES:
         for width in WIDTHS:
             n = train_images(width, batch)
@@ -94,8 +106,16 @@ def main() -> None:
             os.environ.pop("DIGITNET_THREADS", None)
             chosen = threads_for((width,), batch)
             agree += chosen == faster
-            row = (batch, width, f"{step_work((width,), batch):,}", f"{single:.2f}", f"{multi:.2f}",
-                   f"{multi / single:.2f}", faster, chosen)
+            row = (
+                batch,
+                width,
+                f"{step_work((width,), batch):,}",
+                f"{single:.2f}",
+                f"{multi:.2f}",
+                f"{multi / single:.2f}",
+                faster,
+                chosen,
+            )
             rows.append(row)
             print(f"{row[0]:>6} {row[1]:>6} {row[2]:>12} {row[3]:>14} {row[4]:>11} {row[5]:>6} {row[6]:>7} {row[7]:>7}")
     one.shutdown(), every.shutdown()
@@ -121,18 +141,43 @@ def main() -> None:
         for ex in side:
             ex.shutdown()
         pairs.append((width, batch, f"{sequential:.1f}", f"{together:.1f}", f"{sequential / together:.2f}x"))
-        print(f"two trials 784-{width}-10 at batch {batch}: one after the other on all cores {sequential:.1f} s, "
-              f"side by side on one core each {together:.1f} s ({sequential / together:.2f}x)")
+        print(
+            f"two trials 784-{width}-10 at batch {batch}: one after the other on all cores {sequential:.1f} s, "
+            f"side by side on one core each {together:.1f} s ({sequential / together:.2f}x)"
+        )
 
     if args.record:
-        table = markdown_table(["batch", "width", "multiply-adds/step", "1 core, us/image", "all cores, us/image",
-                                "all / 1", "faster", "chosen"], rows, align="rrrrrrrr")
-        pair_table = markdown_table(["width", "batch", "one after the other, all cores (s)",
-                                     "side by side, one core each (s)", "gain"], pairs, align="rrrrr")
-        append_record(args.record, [f"Steady epoch time per training image, 784-width-10, SGD; {EPOCHS} epochs, "
-                                    f"validation of {VAL_IMAGES} images included; load average {load:.2f} before "
-                                    f"the run.", table, "\n".join(f"- {line}" for line in findings),
-                                    "Two trials (3 epochs each, compiling and validation included):", pair_table])
+        table = markdown_table(
+            [
+                "batch",
+                "width",
+                "multiply-adds/step",
+                "1 core, us/image",
+                "all cores, us/image",
+                "all / 1",
+                "faster",
+                "chosen",
+            ],
+            rows,
+            align="rrrrrrrr",
+        )
+        pair_table = markdown_table(
+            ["width", "batch", "one after the other, all cores (s)", "side by side, one core each (s)", "gain"],
+            pairs,
+            align="rrrrr",
+        )
+        append_record(
+            args.record,
+            [
+                f"Steady epoch time per training image, 784-width-10, SGD; {EPOCHS} epochs, "
+                f"validation of {VAL_IMAGES} images included; load average {load:.2f} before "
+                f"the run.",
+                table,
+                "\n".join(f"- {line}" for line in findings),
+                "Two trials (3 epochs each, compiling and validation included):",
+                pair_table,
+            ],
+        )
 
 
 if __name__ == "__main__":

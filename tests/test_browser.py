@@ -73,8 +73,16 @@ def server_url(run_dir):
 def browser_context(tmp_path_factory):
     """Headless Chromium with a throwaway profile and no background network traffic."""
     profile = tmp_path_factory.mktemp("chromium-profile")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
     with sync_api.sync_playwright() as playwright:
         # Playwright takes the profile folder here rather than as --user-data-dir.
         context = playwright.chromium.launch_persistent_context(

@@ -69,8 +69,16 @@ def server_url(lab):
 def browser_context(tmp_path_factory):
     """Headless Chromium with a throwaway profile and no background network traffic."""
     profile = tmp_path_factory.mktemp("chromium-profile")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=True, args=flags, viewport={"width": 1280, "height": 900}
@@ -223,7 +231,8 @@ def test_comparing_two_runs_overlays_their_curves_and_the_table_sorts(page, tmp_
     legend = page.locator("#overlay-chart .u-legend .u-series .u-label")
     expect(legend).to_have_text(["reader", "small"])
     expect(page.locator("#scatter-chart .u-legend .u-series .u-label")).to_contain_text(
-        ["1 hidden layer", "2 hidden layers"])
+        ["1 hidden layer", "2 hidden layers"]
+    )
     page.click('#runs-table th[data-key="test_accuracy"]')
     expect(page.locator('#runs-table th[data-key="test_accuracy"]')).to_have_attribute("aria-sort", "descending")
     cells = page.locator("#runs-table tbody td:nth-child(10)").all_inner_texts()  # the test accuracy column

@@ -11,8 +11,16 @@ from pathlib import Path
 import pytest
 
 from digitnet.errors import DigitnetError
-from digitnet.machine import (ONE_THREAD_MAX_WEIGHTS, ONE_THREAD_MAX_WORK, available_cores, cache_for_threads,
-                              side_by_side, step_work, threads_for, use_cores)
+from digitnet.machine import (
+    ONE_THREAD_MAX_WEIGHTS,
+    ONE_THREAD_MAX_WORK,
+    available_cores,
+    cache_for_threads,
+    side_by_side,
+    step_work,
+    threads_for,
+    use_cores,
+)
 
 TWO_CORES = pytest.mark.skipif(available_cores() < 2, reason="needs two cores to tell one thread from all")
 
@@ -22,13 +30,16 @@ def test_step_work_counts_the_weights_of_every_layer_times_the_batch():
     assert step_work((64, 32), 10) == 10 * (784 * 64 + 64 * 32 + 32 * 10)
 
 
-@pytest.mark.parametrize("hidden, batch, one", [
-    ((128,), 1, True),  # stochastic descent on the write-up's network: one thread
-    ((16,), 128, True),
-    ((128,), 128, False),  # the default run: its products gain from every core
-    ((2048,), 1, False),  # a wide layer splits well even for one image
-    ((512,), 16, False),
-])
+@pytest.mark.parametrize(
+    "hidden, batch, one",
+    [
+        ((128,), 1, True),  # stochastic descent on the write-up's network: one thread
+        ((16,), 128, True),
+        ((128,), 128, False),  # the default run: its products gain from every core
+        ((2048,), 1, False),  # a wide layer splits well even for one image
+        ((512,), 16, False),
+    ],
+)
 def test_small_steps_train_on_one_thread_and_large_ones_on_all_cores(monkeypatch, hidden, batch, one):
     monkeypatch.delenv("DIGITNET_THREADS", raising=False)
     assert threads_for(hidden, batch) == (1 if one else available_cores())
@@ -71,8 +82,21 @@ def train(tmp_path: Path, mnist_dir: Path, name: str, *flags: str, **env: str) -
     for variable in {"JAX_COMPILATION_CACHE_DIR", "DIGITNET_XLA_CACHE", "DIGITNET_THREADS"} - set(env):
         environ.pop(variable, None)
     run = tmp_path / name
-    command = [sys.executable, "-m", "digitnet", "train", "--train-size", "500", "--val-size", "100", "--epochs", "1",
-               "--out", str(run), *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "digitnet",
+        "train",
+        "--train-size",
+        "500",
+        "--val-size",
+        "100",
+        "--epochs",
+        "1",
+        "--out",
+        str(run),
+        *flags,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=environ, timeout=300)
     assert done.returncode == 0, done.stderr
     return {**json.loads((run / "metrics.json").read_text()), "log": done.stdout}

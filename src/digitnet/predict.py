@@ -19,12 +19,18 @@ from PIL import Image
 from digitnet.clothes import NOTE, prepare_clothing
 from digitnet.data import class_names, trained_dataset
 from digitnet.errors import DigitnetError
-from digitnet.model import (N_CLASSES, layer_sizes, load_model, make_numpy_activations_fn, make_numpy_predict_fn,
-                            make_predict_fn)
 from digitnet.images import ImageError
+from digitnet.model import (
+    N_CLASSES,
+    layer_sizes,
+    load_model,
+    make_numpy_activations_fn,
+    make_numpy_predict_fn,
+    make_predict_fn,
+)
 from digitnet.preprocess import preprocess
-from digitnet.segment import Digit, read_digits
 from digitnet.run import MODEL, RunDir, model_file
+from digitnet.segment import Digit, read_digits
 
 # XLA compiles once per input shape: padding every batch up to one of these sizes keeps it to four
 # compilations, all done at load time, so no request ever waits for the compiler. (Only for networks
@@ -125,8 +131,16 @@ class Predictor:
                 continue
             count = len(numbers[i])
             paths = [str(next(saved)) for _ in range(count)] if save_dir is not None else None
-            results.append(reading(name, numbers[i], [next(probabilities) for _ in range(count)], paths, self.classes,
-                                   number=self.dataset != "fashion-mnist"))
+            results.append(
+                reading(
+                    name,
+                    numbers[i],
+                    [next(probabilities) for _ in range(count)],
+                    paths,
+                    self.classes,
+                    number=self.dataset != "fashion-mnist",
+                )
+            )
         return results
 
     @staticmethod
@@ -199,8 +213,12 @@ def prediction(name: str, probabilities: np.ndarray, classes: Sequence[str] = cl
 
 
 def reading(
-    name: str, digits: Sequence[Digit], probabilities: Sequence[np.ndarray], preprocessed: Sequence[str] | None = None,
-    classes: Sequence[str] = class_names("mnist"), number: bool = True,
+    name: str,
+    digits: Sequence[Digit],
+    probabilities: Sequence[np.ndarray],
+    preprocessed: Sequence[str] | None = None,
+    classes: Sequence[str] = class_names("mnist"),
+    number: bool = True,
 ) -> dict[str, Any]:
     """The result object for one image, as `digitnet predict --json` prints it.
 
@@ -242,7 +260,10 @@ def save_images(images: Sequence[np.ndarray], names: Sequence[str], out_dir: Pat
         raise DigitnetError(f"save-preprocessed: {out_dir} is a file; give a folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        return [_write_new_file(out_dir, _safe_stem(name) + "_28x28", encode_png(image)) for image, name in zip(images, names)]
+        return [
+            _write_new_file(out_dir, _safe_stem(name) + "_28x28", encode_png(image))
+            for image, name in zip(images, names)
+        ]
     except OSError as err:
         raise DigitnetError(f"save-preprocessed: cannot write into {out_dir}: {err.strerror or err}") from None
 

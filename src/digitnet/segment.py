@@ -74,12 +74,17 @@ def split_digits(image: Image.Image | np.ndarray) -> list[Digit]:
     if len(groups) <= 1 or not _a_row_of_digits(groups):  # the common case: the whole ink, as to_mnist frames it
         return [Digit(frame_digit(ink), _box(ink > 0, ink.shape, size))] if ink.any() else []
     owner = np.where(ink > 0, _owners(ink, groups), 0)
-    return [Digit(frame_digit(np.where(owner == number, ink, 0.0).astype(np.float32)), _box(owner == number, ink.shape, size))
-            for number in range(1, len(groups) + 1)]
+    return [
+        Digit(
+            frame_digit(np.where(owner == number, ink, 0.0).astype(np.float32)), _box(owner == number, ink.shape, size)
+        )
+        for number in range(1, len(groups) + 1)
+    ]
 
 
 def _digit_groups(ink: np.ndarray) -> list[np.ndarray]:
-    """Label images of the strokes' pieces, joined into digits and sorted left to right: [labels == piece for each digit]."""
+    """Label images of the strokes' pieces, joined into digits and sorted left to right: [labels == piece for each
+    digit]."""
     strokes = ink > STROKE_LEVEL
     if not strokes.any():
         return []
@@ -168,5 +173,9 @@ def _box(mask: np.ndarray, shape: tuple[int, int], size: tuple[int, int]) -> tup
     """The bounding box of a mask of the working copy, in the pixels of the image of size (width, height)."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     scale_x, scale_y = size[0] / shape[1], size[1] / shape[0]
-    return (int(cols[0] * scale_x), int(rows[0] * scale_y),
-            min(size[0], int(np.ceil((cols[-1] + 1) * scale_x))), min(size[1], int(np.ceil((rows[-1] + 1) * scale_y))))
+    return (
+        int(cols[0] * scale_x),
+        int(rows[0] * scale_y),
+        min(size[0], int(np.ceil((cols[-1] + 1) * scale_x))),
+        min(size[1], int(np.ceil((rows[-1] + 1) * scale_y))),
+    )

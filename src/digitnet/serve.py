@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any
 
 import anyio
 import jax
@@ -34,13 +34,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from digitnet.errors import DigitnetError
-from digitnet.machine import available_cores
+from digitnet.images import ImageError
 from digitnet.internals import uvicorn_hands_connections, uvicorn_protocol_factory
 from digitnet.interrupts import saves_on_ctrl_c
-from digitnet.images import ImageError
+from digitnet.machine import available_cores
 from digitnet.predict import Predictor, encode_png, reading
-from digitnet.segment import Digit
 from digitnet.run import model_file
+from digitnet.segment import Digit
 
 # A 280x280 canvas PNG is 3-20 kB and a phone photo of a digit a few MB; anything larger is refused
 # before it is read, so one client cannot make the server hold much memory.
@@ -98,9 +98,7 @@ def create_app(predictor: Predictor, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
         # the other clients are not kept waiting.
         if is_small_image(data):
             return JSONResponse(await read_drawing(name, data, one_digit))
-        result = await anyio.to_thread.run_sync(
-            predict_image, predictor, name, data, one_digit, limiter=photo_limiter
-        )
+        result = await anyio.to_thread.run_sync(predict_image, predictor, name, data, one_digit, limiter=photo_limiter)
         return JSONResponse(result)
 
     return app
@@ -271,7 +269,9 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
     if not 0 <= port <= 65535:
         raise DigitnetError(f"port: got {port}; allowed: 1 to 65535, or 0 for any free port")
     if workers > 1 and not hasattr(socket, "send_fds"):
-        raise DigitnetError("--workers above 1 needs Unix sockets that pass connections between processes; use --workers 1 here")
+        raise DigitnetError(
+            "--workers above 1 needs Unix sockets that pass connections between processes; use --workers 1 here"
+        )
     model_file(model)  # a missing model is one error here, not one per worker
     listener = listen_socket(host, port)  # bound before the model loads: a busy port fails fast
     port = listener.getsockname()[1]  # the one the system chose, for --port 0
@@ -305,11 +305,17 @@ def run_handing_workers(model: str | os.PathLike, listener: socket.socket, host:
         process.start()
     for _, theirs in channels:
         theirs.close()  # the worker has its own copy
-    print(f"digitnet: {workers} worker processes serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
+    print(
+        f"digitnet: {workers} worker processes serving on {url(host, port)} (Press CTRL+C to quit)",
+        file=sys.stderr,
+        flush=True,
+    )
     with listener:
         listener.listen(2048)  # uvicorn's default backlog
         listener.setblocking(False)
-        ended = hand_out_connections(listener, [ours for ours, _ in channels], [process.sentinel for process in processes])
+        ended = hand_out_connections(
+            listener, [ours for ours, _ in channels], [process.sentinel for process in processes]
+        )
     for ours, _ in channels:
         ours.close()  # a worker that reads the end of its channel stops taking connections
     end_workers(processes, ended)
@@ -320,10 +326,16 @@ def run_sharing_workers(model: str | os.PathLike, listener: socket.socket, host:
     context = multiprocessing.get_context("spawn")
     with listener:
         listener.listen(2048)
-        processes = [context.Process(target=serve_shared_socket, args=(os.fspath(model), listener)) for _ in range(workers)]
+        processes = [
+            context.Process(target=serve_shared_socket, args=(os.fspath(model), listener)) for _ in range(workers)
+        ]
         for process in processes:
             process.start()
-    print(f"digitnet: {workers} worker processes serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
+    print(
+        f"digitnet: {workers} worker processes serving on {url(host, port)} (Press CTRL+C to quit)",
+        file=sys.stderr,
+        flush=True,
+    )
     end_workers(processes, hand_out_connections(None, [], [process.sentinel for process in processes]))
 
 
@@ -338,7 +350,9 @@ def end_workers(processes: list[multiprocessing.process.BaseProcess], ended: lis
         raise DigitnetError(f"a server worker stopped with exit code {failed[0]}; its message is above")
 
 
-def hand_out_connections(listener: socket.socket | None, channels: list[socket.socket], sentinels: list[int]) -> list[int]:
+def hand_out_connections(
+    listener: socket.socket | None, channels: list[socket.socket], sentinels: list[int]
+) -> list[int]:
     """Accept connections and pass each to the next worker's channel in turn, until a worker ends (its
     sentinels that are ready are returned) or Ctrl-C or SIGTERM arrives ([]). With no listener, only wait."""
     turn = itertools.cycle(channels)

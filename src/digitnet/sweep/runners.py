@@ -37,8 +37,15 @@ Take = Callable[[dict], None]
 # ---------------------------------------------------------------- one trial
 
 
-def run_trial(trial: Trial, base: TrainConfig, sweep_dir: Path, *, data: Mnist | None = None,
-              data_dir: str | Path | None = None, record: bool = True) -> dict:
+def run_trial(
+    trial: Trial,
+    base: TrainConfig,
+    sweep_dir: Path,
+    *,
+    data: Mnist | None = None,
+    data_dir: str | Path | None = None,
+    record: bool = True,
+) -> dict:
     """Train one trial into SWEEP_DIR/runs/<trial-id>, continuing a half-finished folder; return its results row.
 
     The trial's run folder is held by this process from before it checks results.csv until its row is written
@@ -55,8 +62,9 @@ def run_trial(trial: Trial, base: TrainConfig, sweep_dir: Path, *, data: Mnist |
         if trial.trial_id in store.finished():
             raise RunInUse("finished by another process")
         started = time.perf_counter()
-        metrics = train_and_evaluate(config, out_dir, data=data, data_dir=data_dir, resume=resumable(out_dir, config),
-                                     log=lambda _: None)
+        metrics = train_and_evaluate(
+            config, out_dir, data=data, data_dir=data_dir, resume=resumable(out_dir, config), log=lambda _: None
+        )
         row = result_row(trial, metrics, time.perf_counter() - started)
         if record:
             store.append(row)
@@ -82,12 +90,22 @@ def resumable(out_dir: Path, config: TrainConfig) -> bool:
 
 def result_row(trial: Trial, metrics: dict, wall_seconds: float) -> dict:
     """One line of results.csv from a trial and the metrics `train_and_evaluate` returned."""
-    return {"trial_id": trial.trial_id, "width": trial.width, "depth": trial.depth, "activation": trial.activation,
-            "batch_size": trial.batch_size, "seed": trial.seed, "params": metrics["params"],
-            "val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"],
-            "test_loss": metrics["test_loss"], "train_seconds": round(metrics["train_seconds"], 3),
-            "compile_seconds": round(metrics["compile_seconds"], 3), "epochs": metrics["epochs"],
-            "wall_seconds": round(wall_seconds, 3)}
+    return {
+        "trial_id": trial.trial_id,
+        "width": trial.width,
+        "depth": trial.depth,
+        "activation": trial.activation,
+        "batch_size": trial.batch_size,
+        "seed": trial.seed,
+        "params": metrics["params"],
+        "val_accuracy": metrics["val_accuracy"],
+        "test_accuracy": metrics["test_accuracy"],
+        "test_loss": metrics["test_loss"],
+        "train_seconds": round(metrics["train_seconds"], 3),
+        "compile_seconds": round(metrics["compile_seconds"], 3),
+        "epochs": metrics["epochs"],
+        "wall_seconds": round(wall_seconds, 3),
+    }
 
 
 def attempt_trial(trial: Trial, base: TrainConfig, sweep_dir: Path, data: Mnist | None, record: bool = True) -> dict:
@@ -244,8 +262,9 @@ def connect_ray(ray: Any, address: str, num_cpus: int | None) -> bool:
             ray.init(address=address, logging_level="warning")
     except (ConnectionError, RuntimeError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DigitnetError(f"--ray {address}: no Ray cluster there ({reason}); start one with `ray start --head`, "
-                            "or use --ray local") from None
+        raise DigitnetError(
+            f"--ray {address}: no Ray cluster there ({reason}); start one with `ray start --head`, or use --ray local"
+        ) from None
     return True
 
 
@@ -254,10 +273,13 @@ def _ray_trial(params: dict, *, base: dict, sweep_dir: str, data_dir: str | None
     from ray import tune
 
     config = TrainConfig.from_dict(base)
-    outcome = attempt_trial(Trial(**params["trial"]), config, Path(sweep_dir), load_data(config.dataset, data_dir),
-                            record=False)
+    outcome = attempt_trial(
+        Trial(**params["trial"]), config, Path(sweep_dir), load_data(config.dataset, data_dir), record=False
+    )
     # Tune puts its own trial_id into every result, so the row travels whole as one JSON string.
-    tune.report({"outcome": json.dumps(outcome), **{k: outcome[k] for k in ("val_accuracy", "test_accuracy") if k in outcome}})
+    tune.report(
+        {"outcome": json.dumps(outcome), **{k: outcome[k] for k in ("val_accuracy", "test_accuracy") if k in outcome}}
+    )
 
 
 def _tune_dirname(tune_trial: Any) -> str:
@@ -296,15 +318,20 @@ class RayTune:
         ray, tune = import_ray()
         started_here = connect_ray(ray, self.address, self.num_cpus)
         try:
-            trainable = tune.with_parameters(_ray_trial, base=base.to_dict(), sweep_dir=str(sweep_dir),
-                                             data_dir=self.data_dir)
+            trainable = tune.with_parameters(
+                _ray_trial, base=base.to_dict(), sweep_dir=str(sweep_dir), data_dir=self.data_dir
+            )
             tuner = tune.Tuner(
                 tune.with_resources(trainable, {"cpu": self.cpus_per_trial}),
                 param_space={"trial": tune.grid_search([vars(trial) for trial in largest_first(trials)])},
                 # Reused actors keep JAX loaded and the data read between trials.
                 tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=_tune_dirname),
-                run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir), verbose=0,
-                                          callbacks=[_row_callback(tune, ResultsStore.of(sweep_dir), take)]),
+                run_config=tune.RunConfig(
+                    name=TUNE_DIR,
+                    storage_path=str(sweep_dir),
+                    verbose=0,
+                    callbacks=[_row_callback(tune, ResultsStore.of(sweep_dir), take)],
+                ),
             )
             tuner.fit()
         finally:
