@@ -13,16 +13,17 @@ import threading
 import time
 from pathlib import Path
 
+import chromium
 import numpy as np
 import pytest
 import uvicorn
+from chromium import CHROMIUM
 
 from digitnet.config import TrainConfig
 from digitnet.model import build_model
 from digitnet.predict import Predictor
 from digitnet.serve import create_app
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own browser downloads are not used
 TRAIN_IMAGES = 20_000  # 3 epochs on these reach about 95% test accuracy in a few seconds
 EPOCHS = 3
 
@@ -71,25 +72,8 @@ def server_url(run_dir):
 
 @pytest.fixture(scope="module")
 def browser_context(tmp_path_factory):
-    """Headless Chromium with a throwaway profile and no background network traffic."""
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ]
-    with sync_api.sync_playwright() as playwright:
-        # Playwright takes the profile folder here rather than as --user-data-dir.
-        context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=flags, viewport={"width": 760, "height": 600}
-        )
+    with chromium.browser_context(sync_api, tmp_path_factory.mktemp("chromium-profile"), 760, 600) as context:
         yield context
-        context.close()
 
 
 @pytest.fixture
