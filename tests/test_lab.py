@@ -55,6 +55,19 @@ def read_events(client: TestClient, until) -> list[dict]:
     raise AssertionError(f"the event stream ended early, after {events}")
 
 
+def began(run: str):
+    """Until the run trains: its begin event, or a first state that shows it training already (a begin sent before
+    the stream was opened is not sent again)."""
+
+    def training(event: dict) -> bool:
+        if event["type"] == "state":
+            current = event["current"]
+            return current is not None and current["run"] == run and current["state"] == "training"
+        return event["type"] == "begin" and event["job"]["run"] == run
+
+    return training
+
+
 def ended(run: str):
     return lambda event: event["type"] == "end" and event["job"]["run"] == run
 
@@ -343,7 +356,7 @@ def test_a_run_that_is_not_in_the_folder_answers_404(client, name):
 
 def test_a_run_still_training_cannot_be_inspected_yet(client):
     run = train(client, epochs=30)
-    read_events(client, lambda event: event["type"] == "begin" and event["job"]["run"] == run)
+    read_events(client, began(run))
     answer = client.get(f"/api/runs/{run}/inspect")
     assert answer.status_code == 409 and "still training" in answer.json()["detail"]
     client.post(f"/api/runs/{run}/stop")
