@@ -23,9 +23,12 @@ from typing import Callable
 
 import digitnet  # noqa: F401  (sets KERAS_BACKEND before anything imports keras)
 
+# isort: split
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from record import add_record_option, append_record, markdown_table  # bench/record.py
 
 from digitnet.augment import (
     IMAGE_SIZE,
@@ -36,7 +39,6 @@ from digitnet.augment import (
     uniform_noise,
 )
 from digitnet.config import TrainConfig
-from record import add_record_option, append_record, markdown_table  # bench/record.py
 
 MNIST_DIR = Path("/work/shared/data/mnist")  # IDX files as distributed, gzipped
 BATCHES_PER_EPOCH = 430  # 55,000 training images / 128 per batch
@@ -148,14 +150,16 @@ def main() -> None:
     config = TrainConfig(augment="elastic")
     images = load_batch(args.batch_size, args.mnist_dir)
     key = jax.random.key(0)
-    setting = (f"load average {os.getloadavg()[0]:.2f}; batch {args.batch_size}, best of 5 rounds of {args.reps // 5} calls, "
-               f"epoch = {BATCHES_PER_EPOCH} batches in one lax.scan, best of {EPOCH_REPS}")
+    setting = (
+        f"load average {os.getloadavg()[0]:.2f}; batch {args.batch_size}, best of 5 rounds of {args.reps // 5} calls, "
+        f"epoch = {BATCHES_PER_EPOCH} batches in one lax.scan, best of {EPOCH_REPS}"
+    )
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores "
         f"({platform.processor() or platform.machine()}); {setting}"
     )
     print(f"{'method':<26}{'us/batch (jit call)':>20}{'ms/epoch (scan)':>18}{'CPU ms/epoch':>18}")
-    candidates = {name: (lambda s: lambda k, x: distort_with(s, k, x, config))(s) for name, s in SAMPLERS.items()}
+    candidates = {name: lambda k, x, s=s: distort_with(s, k, x, config) for name, s in SAMPLERS.items()}
     candidates = {"distort": lambda k, x: distort(k, x, config), **candidates}
     methods = []
     for name, step in candidates.items():
@@ -179,10 +183,15 @@ def main() -> None:
         _print_row(part_rows[-1])
     if args.record:
         header = ["us/batch (jit call)", "ms/epoch (scan)", "CPU ms/epoch"]
-        append_record(args.record, [f"`distort` and its parts; {setting}.",
-                                    markdown_table(["method", *header], methods),
-                                    "Parts of `distort` (both displacement components kept, so XLA drops neither):",
-                                    markdown_table(["part", *header], part_rows)])
+        append_record(
+            args.record,
+            [
+                f"`distort` and its parts; {setting}.",
+                markdown_table(["method", *header], methods),
+                "Parts of `distort` (both displacement components kept, so XLA drops neither):",
+                markdown_table(["part", *header], part_rows),
+            ],
+        )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ def timed(command: list[str], env: dict) -> tuple[float, float, str]:
     """
     with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: a chatty stderr cannot block the child
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True,
-                                   env={**env, "PYTHONUNBUFFERED": "1"})
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=errors, text=True, env={**env, "PYTHONUNBUFFERED": "1"}
+        )
         lines, last_line_at = [], started
         for line in process.stdout:
             lines.append(line)
@@ -80,45 +81,87 @@ def main() -> None:
             cache = {"JAX_COMPILATION_CACHE_DIR": str(Path(tmp) / f"xla-{seed}")}  # empty before the cold run
             for kind in ("cold", "warm"):
                 out = Path(tmp) / f"fast-{seed}-{kind}"
-                seconds, exited, _ = timed([sys.executable, "-m", "digitnet", "train", "--recipe", "fast",
-                                            "--seed", str(seed), "--out", str(out)], {**env, **cache})
+                seconds, exited, _ = timed(
+                    [
+                        sys.executable,
+                        "-m",
+                        "digitnet",
+                        "train",
+                        "--recipe",
+                        "fast",
+                        "--seed",
+                        str(seed),
+                        "--out",
+                        str(out),
+                    ],
+                    {**env, **cache},
+                )
                 accuracy = json.loads((out / "metrics.json").read_text())["test_accuracy"]
                 runs[kind].append((seconds, exited, accuracy))
-                print(f"digitnet fast  seed {seed} {kind}: {seconds:6.2f} s ({exited:.2f} s to exit)  "
-                      f"test accuracy {100 * accuracy:.2f}%", flush=True)
+                print(
+                    f"digitnet fast  seed {seed} {kind}: {seconds:6.2f} s ({exited:.2f} s to exit)  "
+                    f"test accuracy {100 * accuracy:.2f}%",
+                    flush=True,
+                )
     # The anchor is plain Keras: no compilation cache, unless the caller's environment sets one.
     anchor = []
     for seed in range(args.anchor_runs):
         seconds, exited, output = timed([sys.executable, "-c", ANCHOR, args.data_dir, str(seed)], env)
         accuracy = float(output.split()[-1])
         anchor.append((seconds, exited, accuracy))
-        print(f"keras anchor   seed {seed}:      {seconds:6.2f} s ({exited:.2f} s to exit)  "
-              f"test accuracy {100 * accuracy:.2f}%", flush=True)
+        print(
+            f"keras anchor   seed {seed}:      {seconds:6.2f} s ({exited:.2f} s to exit)  "
+            f"test accuracy {100 * accuracy:.2f}%",
+            flush=True,
+        )
 
     def summary(runs):
         times, exits, accs = [t for t, _, _ in runs], [e for _, e, _ in runs], [100 * a for _, _, a in runs]
         spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
         return statistics.mean(times), max(times), statistics.mean(exits), statistics.mean(accs), spread, len(runs)
 
-    rows = {"digitnet cold": summary(runs["cold"]), "digitnet warm": summary(runs["warm"]), "keras anchor": summary(anchor)}
+    rows = {
+        "digitnet cold": summary(runs["cold"]),
+        "digitnet warm": summary(runs["warm"]),
+        "keras anchor": summary(anchor),
+    }
     print(f"\n{'':14} {'mean s':>7} {'max s':>7} {'to exit':>8} {'test acc %':>16} {'n':>3}")
     for name, (mean, top, exit_mean, acc, spread, n) in rows.items():
         print(f"{name:14} {mean:7.2f} {top:7.2f} {exit_mean:8.2f} {acc:9.2f} +- {spread:.2f} {n:3d}")
-    speed_ups = [f"speed-up, {kind} (mean wall time, process start to test accuracy): "
-                 f"{rows['keras anchor'][0] / rows[f'digitnet {kind}'][0]:.1f}x" for kind in ("cold", "warm")]
+    speed_ups = [
+        f"speed-up, {kind} (mean wall time, process start to test accuracy): "
+        f"{rows['keras anchor'][0] / rows[f'digitnet {kind}'][0]:.1f}x"
+        for kind in ("cold", "warm")
+    ]
     print("\n".join(speed_ups))
     if args.record:
-        processes = [(f"digitnet {kind}", seed, f"{seconds:.2f} s", f"{exited:.2f} s", f"{100 * accuracy:.2f}%")
-                     for kind in ("cold", "warm") for seed, (seconds, exited, accuracy) in zip(args.seeds, runs[kind])]
-        processes += [("keras anchor", seed, f"{seconds:.2f} s", f"{exited:.2f} s", f"{100 * accuracy:.2f}%")
-                      for seed, (seconds, exited, accuracy) in enumerate(anchor)]
-        append_record(args.record, [
-            f"`--recipe fast` against the plain Keras anchor, each a fresh process; load average {load_before:.2f} before the run.",
-            markdown_table(["side", "mean to test accuracy", "max", "mean to exit", "test accuracy", "n"],
-                           [(name, f"{mean:.2f} s", f"{top:.2f} s", f"{exit_mean:.2f} s", f"{acc:.2f}% +- {spread:.2f}%", n)
-                            for name, (mean, top, exit_mean, acc, spread, n) in rows.items()]),
-            "\n".join(f"- {line}" for line in speed_ups),
-            markdown_table(["process", "seed", "to test accuracy", "to exit", "test accuracy"], processes)])
+        processes = [
+            (f"digitnet {kind}", seed, f"{seconds:.2f} s", f"{exited:.2f} s", f"{100 * accuracy:.2f}%")
+            for kind in ("cold", "warm")
+            for seed, (seconds, exited, accuracy) in zip(args.seeds, runs[kind])
+        ]
+        processes += [
+            ("keras anchor", seed, f"{seconds:.2f} s", f"{exited:.2f} s", f"{100 * accuracy:.2f}%")
+            for seed, (seconds, exited, accuracy) in enumerate(anchor)
+        ]
+        append_record(
+            args.record,
+            [
+                (
+                    "`--recipe fast` against the plain Keras anchor, each a fresh process; "
+                    f"load average {load_before:.2f} before the run."
+                ),
+                markdown_table(
+                    ["side", "mean to test accuracy", "max", "mean to exit", "test accuracy", "n"],
+                    [
+                        (name, f"{mean:.2f} s", f"{top:.2f} s", f"{exit_mean:.2f} s", f"{acc:.2f}% +- {spread:.2f}%", n)
+                        for name, (mean, top, exit_mean, acc, spread, n) in rows.items()
+                    ],
+                ),
+                "\n".join(f"- {line}" for line in speed_ups),
+                markdown_table(["process", "seed", "to test accuracy", "to exit", "test accuracy"], processes),
+            ],
+        )
 
 
 if __name__ == "__main__":

@@ -40,14 +40,17 @@ CANVAS_SIZE = 280  # px, the page's drawing pad
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=5, help="epochs of each measured run")
     parser.add_argument("--draws", type=int, default=300, help="drawings sent in each latency measurement")
-    parser.add_argument("--data-dir", default=None,
-                        help="folder with the MNIST IDX files (default: DIGITNET_DATA or the cache)")
-    parser.add_argument("--keep", default=None, metavar="RUNS_DIR",
-                        help="train into this folder and keep it (default: a temporary one)")
+    parser.add_argument(
+        "--data-dir", default=None, help="folder with the MNIST IDX files (default: DIGITNET_DATA or the cache)"
+    )
+    parser.add_argument(
+        "--keep", default=None, metavar="RUNS_DIR", help="train into this folder and keep it (default: a temporary one)"
+    )
     parser.add_argument("--draw-client", nargs=3, metavar=("URL", "RUN", "N"), help=argparse.SUPPRESS)
     add_record_option(parser)
     return parser.parse_args()
@@ -150,8 +153,9 @@ def draw_client(url: str, run: str, n: int) -> None:
     latencies = []
     for i in range(n + 10):  # the first ten warm the connection and the model's cache
         started = time.perf_counter()
-        connection.request("POST", f"/api/runs/{run}/draw", bodies[i % len(bodies)],
-                           {"Content-Type": "application/json"})
+        connection.request(
+            "POST", f"/api/runs/{run}/draw", bodies[i % len(bodies)], {"Content-Type": "application/json"}
+        )
         response = connection.getresponse()
         answer = json.loads(response.read())
         if response.status != 200 or len(answer["probabilities"]) != 10 or not answer["layers"]:
@@ -163,8 +167,9 @@ def draw_client(url: str, run: str, n: int) -> None:
 
 def drawing_latencies(url: str, run: str, n: int) -> np.ndarray:
     """Seconds to each answer, measured by a client in another process."""
-    done = subprocess.run([sys.executable, __file__, "--draw-client", url, run, str(n)], capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--draw-client", url, run, str(n)], capture_output=True, text=True, check=True
+    )
     return np.array(json.loads(done.stdout.splitlines()[-1]))
 
 
@@ -200,17 +205,28 @@ def main() -> None:
         server.wait(30)
     rows = [
         ["Train pressed to the first epoch's point (cached programs)", f"{first:.2f} s", "< 3 s"],
-        ["each later point after its epoch's end: mean / max", f"{np.mean(delays):.3f} / {np.max(delays):.3f} s",
-         "< 0.3 s"],
-        ["a drawing's answer while a run trains: p50 / p95", f"{milliseconds(np.percentile(busy, 50))} / "
-         f"{milliseconds(np.percentile(busy, 95))}", "p95 < 100 ms"],
-        ["a drawing's answer, nothing training: p50 / p95", f"{milliseconds(np.percentile(idle, 50))} / "
-         f"{milliseconds(np.percentile(idle, 95))}", ""],
+        [
+            "each later point after its epoch's end: mean / max",
+            f"{np.mean(delays):.3f} / {np.max(delays):.3f} s",
+            "< 0.3 s",
+        ],
+        [
+            "a drawing's answer while a run trains: p50 / p95",
+            f"{milliseconds(np.percentile(busy, 50))} / {milliseconds(np.percentile(busy, 95))}",
+            "p95 < 100 ms",
+        ],
+        [
+            "a drawing's answer, nothing training: p50 / p95",
+            f"{milliseconds(np.percentile(idle, 50))} / {milliseconds(np.percentile(idle, 95))}",
+            "",
+        ],
     ]
-    note = (f"784-128-10, batch 128, Adam, all 55,000 training images, {args.epochs} epochs a run "
-            f"(epochs of {np.mean([e['row']['seconds'] for _, e in epochs]):.2f} s on average); {args.draws} drawings "
-            "(MNIST test digits drawn on a 280x280 canvas) from a client process, one after another"
-            + ("" if still_training else "; the long run ended before the drawings did"))
+    note = (
+        f"784-128-10, batch 128, Adam, all 55,000 training images, {args.epochs} epochs a run "
+        f"(epochs of {np.mean([e['row']['seconds'] for _, e in epochs]):.2f} s on average); {args.draws} drawings "
+        "(MNIST test digits drawn on a 280x280 canvas) from a client process, one after another"
+        + ("" if still_training else "; the long run ended before the drawings did")
+    )
     table = markdown_table(["measure", "value", "target"], rows, align="lrr")
     print(note)
     print(table)

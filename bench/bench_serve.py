@@ -48,10 +48,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from record import add_record_option, append_record, markdown_table  # bench/record.py
 
 from digitnet.data import load_mnist
 from digitnet.run import model_file
-from record import add_record_option, append_record, markdown_table  # bench/record.py
 
 CANVAS_SIZE = 280  # px, the drawing page's canvas
 # The anchor: a first FastAPI app around a Keras model, as its tutorials show it. (No access log, as in
@@ -91,21 +91,37 @@ STARTUP_TIMEOUT_S = 120.0  # loading JAX, Keras and the model takes seconds, mor
 
 def parse_args() -> argparse.Namespace:
     """The command line: which model, and how much load."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("model", help="training run folder or .keras file to serve")
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients, each with its own connection")
     parser.add_argument("--requests", type=int, default=10_000, help="requests in the measured run")
     parser.add_argument("--max-seconds", type=float, default=30.0, help="stop the measured run after this long")
     parser.add_argument("--warmup", type=int, default=200, help="requests sent before measuring")
     parser.add_argument("--images", type=int, default=100, help="distinct MNIST test digits to draw from")
-    parser.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: DIGITNET_DATA or the cache)")
-    parser.add_argument("--canvas-size", type=int, default=280, help="side of the PNGs sent, pixels (the page's canvas is 280)")
+    parser.add_argument(
+        "--data-dir", default=None, help="folder with the MNIST IDX files (default: DIGITNET_DATA or the cache)"
+    )
+    parser.add_argument(
+        "--canvas-size", type=int, default=280, help="side of the PNGs sent, pixels (the page's canvas is 280)"
+    )
     parser.add_argument("--upload", action="store_true", help="send multipart file uploads instead of JSON data URLs")
     parser.add_argument("--workers", type=int, default=1, help="server processes (digitnet serve --workers)")
-    parser.add_argument("--rate", type=float, default=None,
-                        help="requests per second the clients send between them on a fixed schedule (default: each as soon as answered)")
-    parser.add_argument("--anchor", action="store_true", help="also load the plain FastAPI app (one process) and compare")
-    parser.add_argument("--rounds", type=int, default=2, help="with --anchor: alternate the two servers this many times each")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help=(
+            "requests per second the clients send between them on a fixed schedule (default: each as soon as answered)"
+        ),
+    )
+    parser.add_argument(
+        "--anchor", action="store_true", help="also load the plain FastAPI app (one process) and compare"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="with --anchor: alternate the two servers this many times each"
+    )
     add_record_option(parser)
     return parser.parse_args()
 
@@ -125,14 +141,22 @@ def make_requests(digits: np.ndarray, port: int, upload: bool, size: int = CANVA
         png = canvas_png(digit, size)
         if upload:
             boundary = "digitnet-bench-boundary"
-            body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="digit{i}.png"\r\n'
-                    f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
+            body = (
+                (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="digit{i}.png"\r\n'
+                    f"Content-Type: image/png\r\n\r\n"
+                ).encode()
+                + png
+                + f"\r\n--{boundary}--\r\n".encode()
+            )
             content_type = f"multipart/form-data; boundary={boundary}"
         else:
             body = json.dumps({"image": "data:image/png;base64," + base64.b64encode(png).decode()}).encode()
             content_type = "application/json"
-        head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n")
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
         requests.append(head.encode() + body)
     return requests
 
@@ -176,8 +200,19 @@ def free_port() -> int:
 
 def digitnet_command(model: str, port: int, workers: int) -> list[str]:
     """`digitnet serve` on 127.0.0.1:port."""
-    return [sys.executable, "-m", "digitnet", "serve", model, "--host", "127.0.0.1", "--port", str(port),
-            "--workers", str(workers)]
+    return [
+        sys.executable,
+        "-m",
+        "digitnet",
+        "serve",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
 
 
 def anchor_command(model: str, port: int) -> list[str]:
@@ -245,7 +280,12 @@ def stop_server(server: subprocess.Popen) -> None:
 
 
 async def fire(
-    port: int, requests: list[bytes], labels: np.ndarray, n_requests: int, n_clients: int, max_seconds: float,
+    port: int,
+    requests: list[bytes],
+    labels: np.ndarray,
+    n_requests: int,
+    n_clients: int,
+    max_seconds: float,
     rate: float | None = None,
 ) -> dict:
     """Send n_requests from n_clients concurrent clients (or stop at max_seconds).
@@ -300,7 +340,9 @@ async def fire(
     return {"latencies": latencies, "errors": errors, "wall_s": time.perf_counter() - start, "right": right}
 
 
-def measure(command: list[str], port: int, workers: int, digits: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> dict:
+def measure(
+    command: list[str], port: int, workers: int, digits: np.ndarray, labels: np.ndarray, args: argparse.Namespace
+) -> dict:
     """Start a server, warm it up, load it, stop it: its latencies, errors, wall time and CPU time per side."""
     requests = make_requests(digits, port, args.upload, args.canvas_size)
     server = start_server(command, port, workers)
@@ -309,34 +351,52 @@ def measure(command: list[str], port: int, workers: int, digits: np.ndarray, lab
         server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
         result = asyncio.run(fire(port, requests, labels, args.requests, args.clients, args.max_seconds, args.rate))
         server_after = cpu_seconds(server.pid)
-        result["cpu_s"] = {"server": server_after - server_cpu if server_cpu is not None else None,
-                           "client": time.process_time() - client_cpu}
+        result["cpu_s"] = {
+            "server": server_after - server_cpu if server_cpu is not None else None,
+            "client": time.process_time() - client_cpu,
+        }
     finally:
         stop_server(server)
     return result
 
 
-def report(name: str, latencies: list[float], errors: Counter, wall_s: float, right: int, cpu_s: dict[str, float | None]) -> None:
+def report(
+    name: str, latencies: list[float], errors: Counter, wall_s: float, right: int, cpu_s: dict[str, float | None]
+) -> None:
     """One block of figures for one server."""
     ms = np.array(latencies) * 1000
     print(f"{name}:")
     kinds = f" ({', '.join(f'{error}: {n}' for error, n in errors.items())})" if errors else ""
-    print(f"  requests: {len(ms)} in {wall_s:.2f} s = {len(ms) / wall_s:.0f} requests/s, errors: {sum(errors.values())}{kinds}, "
-          f"answers naming the drawn digit: {100 * right / len(ms):.1f}%")
-    print(f"  latency ms: p50 {np.percentile(ms, 50):.1f}, p90 {np.percentile(ms, 90):.1f}, "
-          f"p99 {np.percentile(ms, 99):.1f}, max {ms.max():.1f}")
+    print(
+        f"  requests: {len(ms)} in {wall_s:.2f} s = {len(ms) / wall_s:.0f} requests/s, "
+        f"errors: {sum(errors.values())}{kinds}, "
+        f"answers naming the drawn digit: {100 * right / len(ms):.1f}%"
+    )
+    print(
+        f"  latency ms: p50 {np.percentile(ms, 50):.1f}, p90 {np.percentile(ms, 90):.1f}, "
+        f"p99 {np.percentile(ms, 99):.1f}, max {ms.max():.1f}"
+    )
     # CPU per request depends far less on other work on the machine than throughput does.
     per_request = ", ".join(f"{who} {1000 * s / len(ms):.2f}" for who, s in cpu_s.items() if s is not None)
     print(f"  CPU ms per request: {per_request}")
 
 
-def table_row(name: str, latencies: list[float], errors: Counter, wall_s: float, right: int,
-              cpu_s: dict[str, float | None]) -> tuple:
+def table_row(
+    name: str, latencies: list[float], errors: Counter, wall_s: float, right: int, cpu_s: dict[str, float | None]
+) -> tuple:
     """The figures of `report` for one server, as the cells of one row of the recorded table."""
     ms = np.array(latencies) * 1000
     per_request = {who: f"{1000 * s / len(ms):.2f} ms" if s is not None else "" for who, s in cpu_s.items()}
-    return (name, f"{len(ms) / wall_s:.0f}", *(f"{np.percentile(ms, q):.1f} ms" for q in (50, 90, 99)), f"{ms.max():.1f} ms",
-            sum(errors.values()), f"{100 * right / len(ms):.1f}%", per_request.get("server", ""), per_request.get("client", ""))
+    return (
+        name,
+        f"{len(ms) / wall_s:.0f}",
+        *(f"{np.percentile(ms, q):.1f} ms" for q in (50, 90, 99)),
+        f"{ms.max():.1f} ms",
+        sum(errors.values()),
+        f"{100 * right / len(ms):.1f}%",
+        per_request.get("server", ""),
+        per_request.get("client", ""),
+    )
 
 
 def main() -> None:
@@ -353,15 +413,24 @@ def main() -> None:
     for _ in range(args.rounds if args.anchor else 1):  # alternating, so a drift in the machine's speed hits both
         port = free_port()
         command = digitnet_command(args.model, port, args.workers)
-        results.append((f"digitnet serve --workers {args.workers}", measure(command, port, args.workers, digits, labels, args)))
+        results.append(
+            (f"digitnet serve --workers {args.workers}", measure(command, port, args.workers, digits, labels, args))
+        )
         if args.anchor:
             port = free_port()
-            results.append(("plain FastAPI app (anchor)", measure(anchor_command(args.model, port), port, 1, digits, labels, args)))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, 1-minute load average before the bench "
-          f"{load_before:.2f}; python {platform.python_version()}")
+            results.append(
+                ("plain FastAPI app (anchor)", measure(anchor_command(args.model, port), port, 1, digits, labels, args))
+            )
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, 1-minute load average before the bench "
+        f"{load_before:.2f}; python {platform.python_version()}"
+    )
     kind = "multipart uploads" if args.upload else "JSON data URLs"
-    pace = (f"{args.rate:g} requests/s between them on a fixed schedule, latency from each request's due time"
-            if args.rate else "each sending again as soon as answered")
+    pace = (
+        f"{args.rate:g} requests/s between them on a fixed schedule, latency from each request's due time"
+        if args.rate
+        else "each sending again as soon as answered"
+    )
     load = f"load: {args.clients} clients, {kind} of {args.canvas_size}x{args.canvas_size} canvas PNGs, {pace}"
     print(load)
     for name, result in results:
@@ -371,16 +440,40 @@ def main() -> None:
         for round_, ((_, mine), (_, anchor)) in enumerate(zip(results[::2], results[1::2]), start=1):
             rate = [len(r["latencies"]) / r["wall_s"] for r in (mine, anchor)]
             p99 = [np.percentile(r["latencies"], 99) for r in (mine, anchor)]
-            ratios.append(f"round {round_}, digitnet / anchor: {rate[0] / rate[1]:.2f}x the requests per second, "
-                          f"{p99[0] / p99[1]:.2f}x the p99 latency")
+            ratios.append(
+                f"round {round_}, digitnet / anchor: {rate[0] / rate[1]:.2f}x the requests per second, "
+                f"{p99[0] / p99[1]:.2f}x the p99 latency"
+            )
             print(ratios[-1])
     if args.record:
         rounds = args.anchor and args.rounds > 1
-        rows = [table_row(f"{name}, round {i // 2 + 1}" if rounds else name, **result) for i, (name, result) in enumerate(results)]
-        table = markdown_table(["server", "requests/s", "p50", "p90", "p99", "max", "errors", "right answers",
-                                "server CPU per request", "client CPU per request"], rows)
-        append_record(args.record, [f"{load[0].upper()}{load[1:]}; 1-minute load average {load_before:.2f} before the bench.",
-                                    table, *(["\n".join(f"- {line}" for line in ratios)] if ratios else [])])
+        rows = [
+            table_row(f"{name}, round {i // 2 + 1}" if rounds else name, **result)
+            for i, (name, result) in enumerate(results)
+        ]
+        table = markdown_table(
+            [
+                "server",
+                "requests/s",
+                "p50",
+                "p90",
+                "p99",
+                "max",
+                "errors",
+                "right answers",
+                "server CPU per request",
+                "client CPU per request",
+            ],
+            rows,
+        )
+        append_record(
+            args.record,
+            [
+                f"{load[0].upper()}{load[1:]}; 1-minute load average {load_before:.2f} before the bench.",
+                table,
+                *(["\n".join(f"- {line}" for line in ratios)] if ratios else []),
+            ],
+        )
 
 
 if __name__ == "__main__":

@@ -32,22 +32,32 @@ def main() -> None:
     import tempfile
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: DIGITNET_DATA or the cache)")
+    parser.add_argument(
+        "--data-dir", default=None, help="folder with the MNIST IDX files (default: DIGITNET_DATA or the cache)"
+    )
     # record.add_record_option's option, written out: bench/record.py is imported only once the timing is done.
-    parser.add_argument("--record", metavar="FILE.md", default=None,
-                        help="append this run's table to FILE.md (for instance docs/speed.md) under the date, "
-                             "the machine and this command line")
+    parser.add_argument(
+        "--record",
+        metavar="FILE.md",
+        default=None,
+        help="append this run's table to FILE.md (for instance docs/speed.md) under the date, "
+        "the machine and this command line",
+    )
     args = parser.parse_args()
     import digitnet  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
     from digitnet.startup import hide_optional_imports_from_keras
+
     hide_optional_imports_from_keras()  # as the `digitnet` command does
     import jax  # noqa: F401
+
     mark("imported jax")
     import keras  # noqa: F401
+
     mark("imported keras")
     from digitnet.config import load_recipe
     from digitnet.data import load_mnist
     from digitnet.train import train_and_evaluate
+
     data = load_mnist(args.data_dir)
     mark("read and checked MNIST")
     with tempfile.TemporaryDirectory() as out:
@@ -56,13 +66,25 @@ def main() -> None:
     if args.record:
         import record  # bench/record.py
 
-        cache = ("JAX_COMPILATION_CACHE_DIR not set" if CACHED_AT_START is None else
-                 f"JAX_COMPILATION_CACHE_DIR held {CACHED_AT_START} files at the start ({'cold' if CACHED_AT_START == 0 else 'warm'})")
-        rows = [(f"{seconds:.2f} s", f"{seconds - before:.2f} s", text)
-                for (before, _), (seconds, text) in zip([(0.0, "")] + MARKS, MARKS)]
-        record.append_record(args.record, [f"`--recipe fast`, seed 0; {cache}.",
-                                           record.markdown_table(["from start", "step", "what had just finished"], rows,
-                                                                 align="rrl")])
+        cache = (
+            "JAX_COMPILATION_CACHE_DIR not set"
+            if CACHED_AT_START is None
+            else (
+                f"JAX_COMPILATION_CACHE_DIR held {CACHED_AT_START} files at the start "
+                f"({'cold' if CACHED_AT_START == 0 else 'warm'})"
+            )
+        )
+        rows = [
+            (f"{seconds:.2f} s", f"{seconds - before:.2f} s", text)
+            for (before, _), (seconds, text) in zip([(0.0, "")] + MARKS, MARKS)
+        ]
+        record.append_record(
+            args.record,
+            [
+                f"`--recipe fast`, seed 0; {cache}.",
+                record.markdown_table(["from start", "step", "what had just finished"], rows, align="rrl"),
+            ],
+        )
 
 
 if __name__ == "__main__":

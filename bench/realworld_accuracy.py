@@ -29,6 +29,8 @@ from pathlib import Path
 
 import digitnet  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
 
+# isort: split
+
 import keras
 import numpy as np
 from PIL import Image
@@ -74,9 +76,15 @@ def measure(predict, samples: list[tuple[Path, int]]) -> dict:
     ours = np.stack([preprocess(path) for path, _ in samples])
     plain = np.stack([plain_resize(path) for path, _ in samples])
     guess_ours, guess_plain = predict(ours).argmax(axis=1), predict(plain).argmax(axis=1)
-    return {"n": len(labels), "digitnet": int((guess_ours == labels).sum()), "plain": int((guess_plain == labels).sum()),
-            "refused": int((ours.reshape(len(labels), -1).max(axis=1) == 0).sum()),
-            "inputs": ours, "labels": labels, "guesses": guess_ours}
+    return {
+        "n": len(labels),
+        "digitnet": int((guess_ours == labels).sum()),
+        "plain": int((guess_plain == labels).sum()),
+        "refused": int((ours.reshape(len(labels), -1).max(axis=1) == 0).sum()),
+        "inputs": ours,
+        "labels": labels,
+        "guesses": guess_ours,
+    }
 
 
 def save_failures(out_dir: Path, kind: str, result: dict) -> None:
@@ -89,12 +97,25 @@ def save_failures(out_dir: Path, kind: str, result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", type=Path, nargs="?", help="a .keras file, or a run folder holding model.keras "
-                        "(default: train the tests' reference network here)")
-    parser.add_argument("--split", choices=hardcases.SPLITS, default="tune", help="fonts and pictures of tests/hardcases.py (default: tune)")
-    parser.add_argument("--n-per-kind", type=int, default=100, help="pictures of each kind of tests/hardcases.py (default: 100)")
+    parser.add_argument(
+        "model",
+        type=Path,
+        nargs="?",
+        help="a .keras file, or a run folder holding model.keras (default: train the tests' reference network here)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=hardcases.SPLITS,
+        default="tune",
+        help="fonts and pictures of tests/hardcases.py (default: tune)",
+    )
+    parser.add_argument(
+        "--n-per-kind", type=int, default=100, help="pictures of each kind of tests/hardcases.py (default: 100)"
+    )
     parser.add_argument("--n-fonts", type=int, default=300, help="font photos of tests/realworld.py (default: 300)")
-    parser.add_argument("--n-sklearn", type=int, default=300, help="scikit-learn scans of tests/realworld.py (default: 300)")
+    parser.add_argument(
+        "--n-sklearn", type=int, default=300, help="scikit-learn scans of tests/realworld.py (default: 300)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated pictures (default: 0)")
     parser.add_argument("--failures", type=Path, default=None, help="write misread 28x28 inputs here as PNG")
     add_record_option(parser)
@@ -102,26 +123,39 @@ def main() -> None:
 
     model = load_model(args.model) if args.model else reference_model()
     predict = make_predict_fn(model)
-    print(f"model {args.model or 'reference 784-128-10, 60k x 5 epochs, seed 0'}; split {args.split}; seed {args.seed}; "
-          f"python {platform.python_version()}, {platform.machine()}")
-    print(f"| kind | n | digitnet | plain resize | refused |\n| --- | ---: | ---: | ---: | ---: |")
+    print(
+        f"model {args.model or 'reference 784-128-10, 60k x 5 epochs, seed 0'}; split {args.split}; seed {args.seed}; "
+        f"python {platform.python_version()}, {platform.machine()}"
+    )
+    print("| kind | n | digitnet | plain resize | refused |\n| --- | ---: | ---: | ---: | ---: |")
     rows = []  # for --record
     with tempfile.TemporaryDirectory() as tmp:
         sets = hardcases.generate(Path(tmp) / "hard", n_per_kind=args.n_per_kind, split=args.split, seed=args.seed)
-        sets.update(realworld.generate(Path(tmp) / "realworld", n_fonts=args.n_fonts, n_sklearn=args.n_sklearn, seed=args.seed))
+        sets.update(
+            realworld.generate(Path(tmp) / "realworld", n_fonts=args.n_fonts, n_sklearn=args.n_sklearn, seed=args.seed)
+        )
         for kind, samples in sets.items():
             if not samples:
                 continue
             result = measure(predict, samples)
             n = result["n"]
-            print(f"| {kind} | {n} | {result['digitnet'] / n:.3f} | {result['plain'] / n:.3f} | {result['refused']} |", flush=True)
-            rows.append((kind, str(n), f"{result['digitnet'] / n:.3f}", f"{result['plain'] / n:.3f}", str(result["refused"])))
+            print(
+                f"| {kind} | {n} | {result['digitnet'] / n:.3f} | {result['plain'] / n:.3f} | {result['refused']} |",
+                flush=True,
+            )
+            rows.append(
+                (kind, str(n), f"{result['digitnet'] / n:.3f}", f"{result['plain'] / n:.3f}", str(result["refused"]))
+            )
             if args.failures:
                 save_failures(args.failures, kind, result)
     if args.record:
-        append_record(args.record, [f"Model: {args.model or 'the reference network, trained here'}; split {args.split}; "
-                                    f"seed {args.seed}.",
-                                    markdown_table(["kind", "n", "digitnet", "plain resize", "refused"], rows)])
+        append_record(
+            args.record,
+            [
+                f"Model: {args.model or 'the reference network, trained here'}; split {args.split}; seed {args.seed}.",
+                markdown_table(["kind", "n", "digitnet", "plain resize", "refused"], rows),
+            ],
+        )
 
 
 if __name__ == "__main__":

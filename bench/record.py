@@ -24,9 +24,13 @@ from pathlib import Path
 
 def add_record_option(parser: argparse.ArgumentParser) -> None:
     """The `--record FILE.md` option, the same in every bench script."""
-    parser.add_argument("--record", metavar="FILE.md", default=None,
-                        help="append this run's table to FILE.md (for instance docs/speed.md) under the date, "
-                             "the machine and this command line")
+    parser.add_argument(
+        "--record",
+        metavar="FILE.md",
+        default=None,
+        help="append this run's table to FILE.md (for instance docs/speed.md) under the date, "
+        "the machine and this command line",
+    )
 
 
 def cpu_model() -> str:
@@ -41,7 +45,8 @@ def cpu_model() -> str:
 
 
 def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask), which a container or `taskset` can make fewer than the machine's."""
+    """Cores this process may run on (its affinity mask), which a container or `taskset` can make fewer than the
+    machine's."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS and Windows have no affinity call
@@ -114,11 +119,17 @@ def _table_line(cells: Sequence[object]) -> str:
 
 
 def append_record(path: str | os.PathLike, blocks: Sequence[str]) -> None:
-    """Append a heading (date, script), the machine, the command line and `blocks` (tables, notes) to a Markdown file."""
+    """Append a heading (date, script), the machine, the command line and `blocks` (tables, notes) to a Markdown
+    file."""
     now = datetime.datetime.now().astimezone()
     script = Path(sys.argv[0]).name
-    text = "\n\n".join([f"### {now:%Y-%m-%d %H:%M %Z}, `{script}`",
-                        f"- machine: {describe_machine()}\n- command: `{command_line()}`", *blocks])
+    text = "\n\n".join(
+        [
+            f"### {now:%Y-%m-%d %H:%M %Z}, `{script}`",
+            f"- machine: {describe_machine()}\n- command: `{command_line()}`",
+            *blocks,
+        ]
+    )
     path = Path(path)
     lead = ""
     if path.exists() and path.stat().st_size:  # a blank line between what is there and this record

@@ -31,8 +31,17 @@ def mnist(mnist_dir):
 
 @pytest.fixture(scope="session")
 def fashion_dir() -> Path:
-    """A folder holding Fashion-MNIST's four verified files."""
-    return locate_dataset("fashion-mnist")[0]
+    """A folder holding Fashion-MNIST's four verified files, found as a user's run finds them.
+
+    Its sources are its mirrors and Debian's package: a machine with neither (offline, not Debian) skips the
+    Fashion-MNIST tests, saying so; .ci/run installs the package, so CI runs them.
+    """
+    from digitnet.data import DataError
+
+    try:
+        return locate_dataset("fashion-mnist")[0]
+    except DataError as err:
+        pytest.skip(f"Fashion-MNIST is not reachable here ({err}); apt-get install dataset-fashion-mnist")
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-
 from realworld import blur, camera, save_picture
 
 FONT_FILES = {
@@ -53,7 +52,8 @@ FONT_FILES = {
         "/usr/share/fonts/opentype/kaushanscript/KaushanScript-Regular.otf",
     ],
 }
-# Hershey fonts whose digits are single strokes (scripts and the triplex fonts draw outlines); hershey_glyph slants them.
+# Hershey fonts whose digits are single strokes (scripts and the triplex fonts draw outlines); hershey_glyph slants
+# them.
 HERSHEY_FONTS = {"tune": ["futural", "cursive"], "held-out": ["rowmans", "greeks"]}
 SPLITS = ("tune", "held-out")
 GLYPH_HEIGHT = 200  # pixels at which glyphs are drawn, before being scaled into a picture
@@ -69,7 +69,8 @@ def installed_fonts(split: str) -> list[Path]:
 
 
 def font_glyph(text: str, font_file: Path, pen: float = 0.0) -> np.ndarray:
-    """Ink coverage in [0, 1] of text in a font, cropped to its ink, GLYPH_HEIGHT tall, strokes widened by pen x height."""
+    """Ink coverage in [0, 1] of text in a font, cropped to its ink, GLYPH_HEIGHT tall, strokes widened by pen x
+    height."""
     font = ImageFont.truetype(str(font_file), GLYPH_HEIGHT)
     stroke = round(pen * GLYPH_HEIGHT)
     left, top, right, bottom = font.getbbox(text, stroke_width=stroke)
@@ -78,8 +79,9 @@ def font_glyph(text: str, font_file: Path, pen: float = 0.0) -> np.ndarray:
     return crop_to_ink(np.asarray(image, np.float32) / 255.0)
 
 
-def hershey_glyph(text: str, font_name: str, rng: np.random.Generator, pen: float = PEN,
-                  height: int = GLYPH_HEIGHT) -> np.ndarray:
+def hershey_glyph(
+    text: str, font_name: str, rng: np.random.Generator, pen: float = PEN, height: int = GLYPH_HEIGHT
+) -> np.ndarray:
     """Ink coverage in [0, 1] of text in a Hershey font drawn by hand, about height pixels tall: wobbly strokes,
     a slant, a round pen of pen x height."""
     from HersheyFonts import HersheyFonts  # PyPI hershey-fonts, needed only here
@@ -100,8 +102,10 @@ def hershey_glyph(text: str, font_name: str, rng: np.random.Generator, pen: floa
     for stroke in strokes:
         # A hand's wobble: a slow wave along the stroke plus a shift of the whole stroke, not jitter of each point.
         along = np.linspace(0, 2 * np.pi, len(stroke))[:, None]
-        offsets = wobble * (np.sin(along * rng.uniform(0.5, 1.5, size=2) + rng.uniform(0, 2 * np.pi, size=2))
-                            + rng.normal(0, 0.5, size=2))
+        offsets = wobble * (
+            np.sin(along * rng.uniform(0.5, 1.5, size=2) + rng.uniform(0, 2 * np.pi, size=2))
+            + rng.normal(0, 0.5, size=2)
+        )
         x = stroke[:, 0] - low[0] + margin + slant * (stroke[:, 1] - low[1]) + offsets[:, 0]
         y = high[1] - stroke[:, 1] + margin + offsets[:, 1]  # Hershey's y grows upwards
         xy = [(float(a), float(b)) for a, b in zip(x, y)]
@@ -172,9 +176,13 @@ def edge_crop(mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, s
     if rng.random() < 0.5:  # a square around the digit: touches two edges, or all four
         side = max(height, width)
         square = np.zeros((side, side), np.float32)
-        square[(side - height) // 2 : (side - height) // 2 + height, (side - width) // 2 : (side - width) // 2 + width] = mask
+        square[
+            (side - height) // 2 : (side - height) // 2 + height, (side - width) // 2 : (side - width) // 2 + width
+        ] = mask
         mask = square
-    cut = [int(rng.integers(0, max(1, round(0.03 * s)) + 1)) for s in (*mask.shape, *mask.shape)]  # a crop into the strokes
+    cut = [
+        int(rng.integers(0, max(1, round(0.03 * s)) + 1)) for s in (*mask.shape, *mask.shape)
+    ]  # a crop into the strokes
     mask = mask[cut[0] : mask.shape[0] - cut[2], cut[1] : mask.shape[1] - cut[3]]
     scale = 64 / max(mask.shape)
     size = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
@@ -193,14 +201,17 @@ def form_box(mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, st
     inside = side - 2 * (line + 4)  # the digit stays clear of the lines, as a person writing in a box keeps it
     coverage = np.zeros((side, side), np.float32)
     coverage[line + 4 : side - line - 4, line + 4 : side - line - 4] = placed(
-        mask, (inside, inside), round(inside * rng.uniform(0.6, 0.95)), rng)[0]
+        mask, (inside, inside), round(inside * rng.uniform(0.6, 0.95)), rng
+    )[0]
     box = np.zeros_like(coverage)
     inset = [int(rng.integers(0, 3)) for _ in range(4)]  # the cut falls 0 to 2 pixels outside the line
     box[inset[0] : inset[0] + line] = 1
     box[side - inset[1] - line : side - inset[1]] = 1
     box[:, inset[2] : inset[2] + line] = 1
     box[:, side - inset[3] - line : side - inset[3]] = 1
-    printed = np.array([0.85, 0.35, 0.35]) if rng.random() < 0.3 else np.full(3, rng.uniform(0.2, 0.6))  # dropout red, grey
+    printed = (
+        np.array([0.85, 0.35, 0.35]) if rng.random() < 0.3 else np.full(3, rng.uniform(0.2, 0.6))
+    )  # dropout red, grey
     paper = white_paper(rng)
     picture = paint(box, paper, printed)
     picture = picture + (dark_ink(rng) - picture) * coverage[:, :, None]
@@ -271,7 +282,9 @@ def lined(text: str, split: str, rng: np.random.Generator, squares: bool) -> tup
         picture[:, margin : margin + 2 * line] = [0.9, 0.45, 0.45]
     mask = glyph(text, split, rng)
     coverage, _ = placed(mask, (width, height), round(spacing * rng.uniform(1.2, 4.0)), rng)
-    return camera(picture + (dark_ink(rng) - picture) * coverage[:, :, None], rng), "jpg" if rng.random() < 0.5 else "png"
+    return camera(
+        picture + (dark_ink(rng) - picture) * coverage[:, :, None], rng
+    ), "jpg" if rng.random() < 0.5 else "png"
 
 
 def small(text: str, split: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
@@ -284,7 +297,9 @@ def small(text: str, split: str, rng: np.random.Generator) -> tuple[np.ndarray, 
 def shadow(text: str, split: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     """A shadow (of a hand or a phone) with a soft edge across part of the digit."""
     width, height = photo_size(rng)
-    coverage, (left, top, right, bottom) = placed(glyph(text, split, rng), (width, height), round(height * rng.uniform(0.3, 0.6)), rng)
+    coverage, (left, top, right, bottom) = placed(
+        glyph(text, split, rng), (width, height), round(height * rng.uniform(0.3, 0.6)), rng
+    )
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
     # The shadow's edge passes through the digit's box, somewhere in its middle half.
@@ -314,8 +329,9 @@ KINDS: dict[str, Callable[[str, str, np.random.Generator], tuple[np.ndarray, str
 }
 
 
-def generate(out_dir: Path, n_per_kind: int = 50, split: str = "tune", seed: int = 0,
-             kinds: tuple[str, ...] = tuple(KINDS)) -> dict[str, list[tuple[Path, int]]]:
+def generate(
+    out_dir: Path, n_per_kind: int = 50, split: str = "tune", seed: int = 0, kinds: tuple[str, ...] = tuple(KINDS)
+) -> dict[str, list[tuple[Path, int]]]:
     """Write n pictures of each kind into out_dir, digits 0 to 9 in turn; {kind: [(path, label), ...]}."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
@@ -338,7 +354,9 @@ def generate(out_dir: Path, n_per_kind: int = 50, split: str = "tune", seed: int
 # Numbers -----------------------------------------------------------------------------------------------
 
 
-def number_picture(text: str, split: str, rng: np.random.Generator, canvas: bool = False) -> tuple[np.ndarray, list[tuple]]:
+def number_picture(
+    text: str, split: str, rng: np.random.Generator, canvas: bool = False
+) -> tuple[np.ndarray, list[tuple]]:
     """A number written digit by digit side by side, as a photo of paper or a drawing page's canvas (white strokes
     on black, no noise): the (H, W, 3) picture and each digit's ink box (left, top, right, bottom), left to right."""
     height = int(rng.integers(50, 110))
@@ -352,7 +370,8 @@ def number_picture(text: str, split: str, rng: np.random.Generator, canvas: bool
         left += gap
         top = margin + int(rng.integers(0, coverage.shape[0] - 2 * margin - mask.shape[0] + 1))
         coverage[top : top + mask.shape[0], left : left + mask.shape[1]] = np.maximum(
-            coverage[top : top + mask.shape[0], left : left + mask.shape[1]], mask)
+            coverage[top : top + mask.shape[0], left : left + mask.shape[1]], mask
+        )
         boxes.append((left, top, left + mask.shape[1], top + mask.shape[0]))
         left += mask.shape[1]
     if canvas:

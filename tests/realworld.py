@@ -51,7 +51,9 @@ def available_fonts() -> dict[str, list[Path]]:
     return {}
 
 
-def generate(out_dir: Path, n_fonts: int = 500, n_sklearn: int = 300, seed: int = 0) -> dict[str, list[tuple[Path, int]]]:
+def generate(
+    out_dir: Path, n_fonts: int = 500, n_sklearn: int = 300, seed: int = 0
+) -> dict[str, list[tuple[Path, int]]]:
     """Write both sources into out_dir; {"fonts": [(path, label), ...], "sklearn": [...]}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +114,9 @@ def _glyph_mask(text: str, font: ImageFont.FreeTypeFont, size: tuple[int, int], 
     ImageDraw.Draw(glyph).text((4 - left, 4 - top), text, font=font, fill=255, stroke_width=pen, stroke_fill=255)
     glyph = glyph.rotate(rng.uniform(-12, 12), resample=Image.Resampling.BICUBIC, expand=True)
     scale = rng.uniform(0.25, 0.8) * height / glyph.height
-    glyph = glyph.resize((max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))), Image.Resampling.LANCZOS)
+    glyph = glyph.resize(
+        (max(1, round(glyph.width * scale)), max(1, round(glyph.height * scale))), Image.Resampling.LANCZOS
+    )
     glyph = glyph.crop((0, 0, min(glyph.width, width - 2), min(glyph.height, height - 2)))
     mask = Image.new("L", (width, height), 0)
     mask.paste(glyph, (int(rng.integers(0, width - glyph.width)), int(rng.integers(0, height - glyph.height))))
@@ -138,7 +142,9 @@ def camera(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
     rows, cols = rows / height - 0.5, cols / width - 0.5
     angle = rng.uniform(0, 2 * np.pi)
-    light = 1.0 + np.float32(rng.uniform(0.0, 0.5)) * (np.float32(np.cos(angle)) * cols + np.float32(np.sin(angle)) * rows)
+    light = 1.0 + np.float32(rng.uniform(0.0, 0.5)) * (
+        np.float32(np.cos(angle)) * cols + np.float32(np.sin(angle)) * rows
+    )
     light -= np.float32(rng.uniform(0.0, 0.6)) * (rows**2 + cols**2)
     lit = photo * light[:, :, None]
     noisy = lit + np.float32(rng.uniform(0.005, 0.04)) * rng.standard_normal(lit.shape, dtype=np.float32)

@@ -8,6 +8,8 @@ import numpy as np
 
 import digitnet  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
 
+# isort: split
+
 from digitnet.config import TrainConfig
 from digitnet.model import build_model, make_predict_fn
 

@@ -13,16 +13,17 @@ import threading
 import time
 from pathlib import Path
 
+import chromium
 import numpy as np
 import pytest
 import uvicorn
+from chromium import CHROMIUM
 
 from digitnet.config import TrainConfig
 from digitnet.model import build_model
 from digitnet.predict import Predictor
 from digitnet.serve import create_app
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own browser downloads are not used
 TRAIN_IMAGES = 20_000  # 3 epochs on these reach about 95% test accuracy in a few seconds
 EPOCHS = 3
 
@@ -71,17 +72,8 @@ def server_url(run_dir):
 
 @pytest.fixture(scope="module")
 def browser_context(tmp_path_factory):
-    """Headless Chromium with a throwaway profile and no background network traffic."""
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-    with sync_api.sync_playwright() as playwright:
-        # Playwright takes the profile folder here rather than as --user-data-dir.
-        context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=flags, viewport={"width": 760, "height": 600}
-        )
+    with chromium.browser_context(sync_api, tmp_path_factory.mktemp("chromium-profile"), 760, 600) as context:
         yield context
-        context.close()
 
 
 @pytest.fixture
@@ -96,11 +88,16 @@ def page(browser_context, server_url):
     assert not errors, f"JavaScript errors: {errors}"
 
 
-def draw(page, *strokes: list[tuple[float, float]]) -> None:
-    """Draw strokes with the mouse; points are fractions of the canvas width and height."""
+def draw(page, *strokes: list[tuple[float, float]], slot: int = 0, slots: int = 1) -> None:
+    """Draw strokes with the mouse; points are fractions of a square as tall as the canvas, centred in the
+    canvas, or in the slot-th of `slots` equal columns of it (the squares then shrink to fit the columns)."""
     box = page.locator("#canvas").bounding_box()
+    column = box["width"] / slots
+    side = min(box["height"], column)
+    left = box["x"] + slot * column + (column - side) / 2
+    top = box["y"] + (box["height"] - side) / 2
     for stroke in strokes:
-        points = [(box["x"] + fx * box["width"], box["y"] + fy * box["height"]) for fx, fy in stroke]
+        points = [(left + fx * side, top + fy * side) for fx, fy in stroke]
         page.mouse.move(*points[0])
         page.mouse.down()
         for point in points[1:]:
@@ -141,11 +138,28 @@ def test_drawing_a_seven_reads_seven_and_clear_resets(page):
     assert answer(page) == "?"
     assert page.locator("#bars li.top").count() == 0
     assert page.locator("#preprocessed").get_attribute("src") is None
+    assert page.locator("#digits button").count() == 0
 
 
-def test_drawing_a_three_with_curves_reads_three(page, tmp_path):
+def test_drawing_a_three_with_curves_reads_three(page):
     draw(page, *THREE)
     assert answer(page) == "3"
+
+
+def test_a_number_reads_digit_by_digit_and_each_digit_shows_its_bars(page, tmp_path):
+    for slot, strokes in enumerate([SEVEN, ONE, THREE, ONE]):
+        draw(page, *strokes, slot=slot, slots=4)
+    assert answer(page) == "7131"
+    buttons = page.locator("#digits button")
+    assert buttons.all_inner_texts() == ["7", "1", "3", "1"]
+    assert page.locator("#bars li.top .label").inner_text() == "7"  # the first digit's bars
+    first_image = page.locator("#preprocessed").get_attribute("src")
+    buttons.nth(2).click()
+    assert buttons.nth(2).get_attribute("aria-pressed") == "true"
+    assert page.locator("#bars li.top .label").inner_text() == "3"
+    assert page.locator("#preprocessed").get_attribute("src") != first_image
+    assert "4 digits" in page.locator("#confidence").inner_text()
+    page.wait_for_timeout(300)  # the bars' 120 ms transition, for the picture
     page.screenshot(path=tmp_path / "serve.png", full_page=True)
     if os.environ.get("DIGITNET_SCREENSHOT"):
         shutil.copy(tmp_path / "serve.png", os.environ["DIGITNET_SCREENSHOT"])
@@ -156,7 +170,7 @@ def test_the_page_fits_a_phone_screen(browser_context, server_url):
     page.set_viewport_size({"width": 360, "height": 740})
     page.goto(server_url)
     box = page.locator("#canvas").bounding_box()
-    assert box["width"] <= 360 and box["width"] == pytest.approx(box["height"], abs=1)
+    assert box["width"] <= 360 and box["width"] == pytest.approx(2 * box["height"], abs=1)
     draw(page, *ONE)  # pointer events: the same code path serves mouse, pen and touch
     assert answer(page) == "1"
     page.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from digitnet.machine import available_cores
 from digitnet.run import RunDir
 
 SMALL_FLAGS = ["--train-size", "2000", "--val-size", "500", "--hidden", "32", "--batch-size", "32"]
@@ -20,8 +21,9 @@ SMALL_FLAGS = ["--train-size", "2000", "--val-size", "500", "--hidden", "32", "-
 
 def digitnet(*args: str, mnist_dir: Path, **kwargs) -> subprocess.CompletedProcess:
     env = {**kwargs.pop("env", os.environ), "DIGITNET_DATA": str(mnist_dir)}
-    return subprocess.run([sys.executable, "-m", "digitnet", *args], capture_output=True, text=True, env=env,
-                          timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "digitnet", *args], capture_output=True, text=True, env=env, timeout=300, **kwargs
+    )
 
 
 def test_train_then_evaluate(tmp_path, mnist_dir):
@@ -29,7 +31,9 @@ def test_train_then_evaluate(tmp_path, mnist_dir):
     done = digitnet("train", *SMALL_FLAGS, "--epochs", "1", "--out", str(run), mnist_dir=mnist_dir)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert any(line.startswith("epoch   1/1  loss ") and " val_accuracy " in line and " seconds " in line for line in lines)
+    assert any(
+        line.startswith("epoch   1/1  loss ") and " val_accuracy " in line and " seconds " in line for line in lines
+    )
     assert lines[-1].startswith("Test set: loss ") and "/10000 (" in lines[-1]
     assert {"config.json", "history.csv", "metrics.json", "model.keras"} <= {p.name for p in run.iterdir()}
     assert json.loads((run / "config.json").read_text())["hidden"] == [32]
@@ -44,18 +48,21 @@ def test_train_then_evaluate(tmp_path, mnist_dir):
     assert abs(metrics["test_accuracy"] - evaluation["accuracy"]) < 1e-9
 
 
-@pytest.mark.parametrize("flags, words", [
-    (["--hidden", "-4"], "hidden: got [-4]"),
-    (["--activation", "softsign2"], "activation: got 'softsign2'; allowed: linear, relu, tanh, sigmoid"),
-    (["--batch-size", "0"], "batch_size: got 0"),
-    (["--batch-size", "many"], "batch_size: got 'many'"),
-    (["--optimizer", "lbfgs"], "optimizer: got 'lbfgs'"),
-    (["--recipe", "nope"], "recipe: got 'nope'"),
-    (["--learning-rate", "nan"], "learning_rate: got nan; allowed: a finite number > 0"),
-    (["--epochs", "abc"], "Invalid value for '--epochs'"),
-    (["--seed", "4294967296"], "seed: got 4294967296; allowed: a whole number from 0 to 4294967295"),
-    (["--no-such-flag", "1"], "No such option: --no-such-flag"),
-])
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--hidden", "-4"], "hidden: got [-4]"),
+        (["--activation", "softsign2"], "activation: got 'softsign2'; allowed: linear, relu, tanh, sigmoid"),
+        (["--batch-size", "0"], "batch_size: got 0"),
+        (["--batch-size", "many"], "batch_size: got 'many'"),
+        (["--optimizer", "lbfgs"], "optimizer: got 'lbfgs'"),
+        (["--recipe", "nope"], "recipe: got 'nope'"),
+        (["--learning-rate", "nan"], "learning_rate: got nan; allowed: a finite number > 0"),
+        (["--epochs", "abc"], "Invalid value for '--epochs'"),
+        (["--seed", "4294967296"], "seed: got 4294967296; allowed: a whole number from 0 to 4294967295"),
+        (["--no-such-flag", "1"], "No such option: --no-such-flag"),
+    ],
+)
 def test_bad_flags_are_one_line_errors(tmp_path, mnist_dir, flags, words):
     done = digitnet("train", *flags, "--out", str(tmp_path / "run"), mnist_dir=mnist_dir)
     assert done.returncode == 2
@@ -64,8 +71,10 @@ def test_bad_flags_are_one_line_errors(tmp_path, mnist_dir, flags, words):
 
 
 def test_missing_arguments_and_unknown_commands_are_one_line_errors(mnist_dir):
-    for args, words in ((["predict", "some-run"], "Missing argument 'IMAGE...' (see 'digitnet predict --help')"),
-                        (["tarin"], "No such command 'tarin'. Did you mean 'train'? (see 'digitnet --help')")):
+    for args, words in (
+        (["predict", "some-run"], "Missing argument 'IMAGE...' (see 'digitnet predict --help')"),
+        (["tarin"], "No such command 'tarin'. Did you mean 'train'? (see 'digitnet --help')"),
+    ):
         done = digitnet(*args, mnist_dir=mnist_dir)
         assert done.returncode == 2 and done.stderr == f"digitnet: error: {words}\n", done.stderr
 
@@ -77,8 +86,13 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_with_one_line(tmp_path, mnist_di
     env = {**os.environ, "DIGITNET_DATA": str(mnist_dir)}
     run = tmp_path / "run"
     flags = [*SMALL_FLAGS, "--train-size", "55000", "--epochs", "8"]  # the last --train-size counts: a run of seconds
-    process = subprocess.Popen([sys.executable, "-m", "digitnet", "train", *flags, "--out", str(run)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "digitnet", "train", *flags, "--out", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
@@ -122,8 +136,12 @@ def test_killed_run_resumes_to_the_straight_result(tmp_path, mnist_dir):
 
     run = tmp_path / "killed"
     env = {**os.environ, "DIGITNET_DATA": str(mnist_dir)}
-    process = subprocess.Popen([sys.executable, "-m", "digitnet", "train", *flags, "--out", str(run)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "digitnet", "train", *flags, "--out", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "history.csv").is_file():
         time.sleep(0.05)
@@ -138,20 +156,25 @@ def test_killed_run_resumes_to_the_straight_result(tmp_path, mnist_dir):
 
 
 def test_help_states_defaults():
-    done = subprocess.run([sys.executable, "-m", "digitnet", "train", "--help"], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"})
+    done = subprocess.run(
+        [sys.executable, "-m", "digitnet", "train", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert done.returncode == 0 and "(default: [128])" in done.stdout and "(default: 128)" in done.stdout
 
 
 def test_compiled_programs_are_cached_and_reused_with_the_same_numbers(tmp_path, mnist_dir):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env.pop("DIGITNET_XLA_CACHE", None)
     metrics = []
     for attempt in range(2):
         run = tmp_path / f"run{attempt}"
         done = digitnet("train", *SMALL_FLAGS, "--epochs", "1", "--out", str(run), mnist_dir=mnist_dir, env=env)
         assert done.returncode == 0, done.stderr
-        entries = sorted((tmp_path / "cache" / "digitnet" / "xla").glob("*-cache"))
+        entries = sorted((tmp_path / "cache" / "digitnet" / "xla").glob("threads-*/*-cache"))
         assert entries, "no compiled program was cached"
         if attempt == 0:
             first_entries = entries
@@ -164,16 +187,23 @@ def test_compiled_programs_are_cached_and_reused_with_the_same_numbers(tmp_path,
 def test_compilation_cache_goes_to_the_cache_folder_unless_the_user_chose_one(monkeypatch, tmp_path):
     from digitnet.files import use_compilation_cache
 
-    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
-                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"):
+    for name in (
+        "JAX_COMPILATION_CACHE_DIR",
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES",
+        "DIGITNET_XLA_CACHE",
+    ):
         monkeypatch.delenv(name, raising=False)  # so that the test's changes are undone
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    threads = f"threads-{available_cores()}"  # one folder per thread count (digitnet.machine)
     use_compilation_cache()
-    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "digitnet" / "xla")
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "digitnet" / "xla" / threads)
     assert os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    use_compilation_cache()  # again: the thread count is not added twice
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "digitnet" / "xla" / threads)
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
     use_compilation_cache()
-    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "mine")
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "mine" / threads)
 
 
 def test_command_freezes_the_heap_on_its_way_out_even_on_errors(monkeypatch):
@@ -199,8 +229,13 @@ def start_training(run: Path, mnist_dir: Path, *flags: str) -> subprocess.Popen:
     """A `digitnet train` in the background, returned once it holds its run folder."""
     env = {**os.environ, "DIGITNET_DATA": str(mnist_dir)}
     args = ["--resume", str(run)] if flags == ("--resume",) else [*flags, "--out", str(run)]
-    process = subprocess.Popen([sys.executable, "-m", "digitnet", "train", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "digitnet", "train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + 120
     while RunDir(run).holder() != process.pid and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)

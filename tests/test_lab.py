@@ -55,6 +55,19 @@ def read_events(client: TestClient, until) -> list[dict]:
     raise AssertionError(f"the event stream ended early, after {events}")
 
 
+def began(run: str):
+    """Until the run trains: its begin event, or a first state that shows it training already (a begin sent before
+    the stream was opened is not sent again)."""
+
+    def training(event: dict) -> bool:
+        if event["type"] == "state":
+            current = event["current"]
+            return current is not None and current["run"] == run and current["state"] == "training"
+        return event["type"] == "begin" and event["job"]["run"] == run
+
+    return training
+
+
 def ended(run: str):
     return lambda event: event["type"] == "end" and event["job"]["run"] == run
 
@@ -101,8 +114,15 @@ def test_a_bad_width_answers_422_with_the_configs_own_message_next_to_its_field(
 
 
 def test_each_settings_field_is_checked_by_the_config(client):
-    for field, value in (("activation", "softsign"), ("batch_size", 0), ("optimizer", "lbfgs"), ("learning_rate", -1),
-                         ("epochs", 0), ("seed", -1), ("train_size", 0)):
+    for field, value in (
+        ("activation", "softsign"),
+        ("batch_size", 0),
+        ("optimizer", "lbfgs"),
+        ("learning_rate", -1),
+        ("epochs", 0),
+        ("seed", -1),
+        ("train_size", 0),
+    ):
         answer = client.post("/api/validate", json={**SMALL, field: value})
         assert answer.status_code == 422, (field, answer.text)
         assert answer.json()["field"] == field and answer.json()["detail"].startswith(f"{field}: got ")
@@ -119,8 +139,11 @@ def test_good_settings_come_back_as_the_config_the_run_will_use(client):
 def test_settings_over_the_labs_limits_name_the_flag_that_sets_them(mnist, tmp_path):
     limits = LabLimits(max_width=64, max_depth=2, max_epochs=3)
     client = TestClient(create_app(Lab(tmp_path, limits, data=mnist)), raise_server_exceptions=False)
-    for changes, flag in (({"hidden": [65]}, "--max-width"), ({"hidden": [8, 8, 8]}, "--max-depth"),
-                          ({"epochs": 4}, "--max-epochs")):
+    for changes, flag in (
+        ({"hidden": [65]}, "--max-width"),
+        ({"hidden": [8, 8, 8]}, "--max-depth"),
+        ({"epochs": 4}, "--max-epochs"),
+    ):
         answer = client.post("/api/train", json={**SMALL, **changes})
         assert answer.status_code == 422 and flag in answer.json()["detail"], answer.text
     assert client.post("/api/validate", json={**SMALL, "hidden": [64, 64], "epochs": 3}).status_code == 200
@@ -132,11 +155,21 @@ def test_limits_must_be_whole_numbers_of_one_or_more():
         LabLimits(max_width=0)
 
 
-@pytest.mark.parametrize("body, status", [
-    (b"{", 400), (b"[1, 2]", 422), (b'{"hidden": 5}', 422), (b'{"hidden": [true]}', 422), (b'{"epochs": true}', 422),
-    (b'{"augment": "elastic"}', 422), (b'{"learning_rate": 1' + b"0" * 400 + b"}", 422),
-    (b'{"activation": {"a": 1}}', 422), (b'{"hidden": [1e400]}', 422), (b'{"batch_size": [1]}', 422),
-])
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        (b"{", 400),
+        (b"[1, 2]", 422),
+        (b'{"hidden": 5}', 422),
+        (b'{"hidden": [true]}', 422),
+        (b'{"epochs": true}', 422),
+        (b'{"augment": "elastic"}', 422),
+        (b'{"learning_rate": 1' + b"0" * 400 + b"}", 422),
+        (b'{"activation": {"a": 1}}', 422),
+        (b'{"hidden": [1e400]}', 422),
+        (b'{"batch_size": [1]}', 422),
+    ],
+)
 def test_malformed_settings_answer_4xx_with_a_message(client, body, status):
     for path in ("/api/validate", "/api/train"):
         answer = client.post(path, content=body, headers={"content-type": "application/json"})
@@ -148,11 +181,28 @@ def test_a_body_over_the_size_limit_answers_413(client):
     assert client.post("/api/train", content=b" " * (6 * 1024 * 1024)).status_code == 413
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-                    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children,
-                                                                                       max_size=4), max_leaves=12)
-FIELDS = st.sampled_from(["hidden", "activation", "batch_size", "optimizer", "learning_rate", "momentum", "epochs",
-                          "seed", "val_size", "train_size", "dropout", "weight_decay", "schedule"])
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+FIELDS = st.sampled_from(
+    [
+        "hidden",
+        "activation",
+        "batch_size",
+        "optimizer",
+        "learning_rate",
+        "momentum",
+        "epochs",
+        "seed",
+        "val_size",
+        "train_size",
+        "dropout",
+        "weight_decay",
+        "schedule",
+    ]
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -262,8 +312,11 @@ def test_inspecting_a_run_gives_its_confusion_matrix_and_most_confident_mistakes
     assert mistakes and all(m["label"] != m["predicted"] for m in mistakes)
     assert [m["probability"] for m in mistakes] == sorted((m["probability"] for m in mistakes), reverse=True)
     assert all(m["image"].startswith("data:image/png;base64,") for m in mistakes)
-    assert [(layer["name"], layer["units"]) for layer in answer["layers"]] == [("input", 784), ("hidden_1", 16),
-                                                                              ("output", 10)]
+    assert [(layer["name"], layer["units"]) for layer in answer["layers"]] == [
+        ("input", 784),
+        ("hidden_1", 16),
+        ("output", 10),
+    ]
 
 
 def test_the_weights_of_each_first_layer_neuron_come_as_784_numbers_scaled_to_its_largest(client, lab, trained):
@@ -303,7 +356,7 @@ def test_a_run_that_is_not_in_the_folder_answers_404(client, name):
 
 def test_a_run_still_training_cannot_be_inspected_yet(client):
     run = train(client, epochs=30)
-    read_events(client, lambda event: event["type"] == "begin" and event["job"]["run"] == run)
+    read_events(client, began(run))
     answer = client.get(f"/api/runs/{run}/inspect")
     assert answer.status_code == 409 and "still training" in answer.json()["detail"]
     client.post(f"/api/runs/{run}/stop")
@@ -326,8 +379,9 @@ def test_the_numpy_activations_end_in_the_same_probabilities_as_the_forward_pass
 def product_photo() -> str:
     """A data URL of a dark trouser shape on white, as a photo of clothing is sent."""
     image = Image.new("RGB", (240, 320), "white")
-    ImageDraw.Draw(image).polygon([(70, 20), (170, 20), (190, 300), (135, 300), (120, 90), (105, 300), (50, 300)],
-                                  fill=(30, 30, 30))
+    ImageDraw.Draw(image).polygon(
+        [(70, 20), (170, 20), (190, 300), (135, 300), (120, 90), (105, 300), (50, 300)], fill=(30, 30, 30)
+    )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -377,8 +431,12 @@ def guarded(lab) -> TestClient:
 
 @pytest.mark.parametrize("path", ["/", "/api/state", "/api/runs", "/static/lab.js", "/api/events"])
 def test_with_a_token_every_request_without_it_answers_401(guarded, path):
-    for headers, query in (({}, ""), ({"Authorization": "Bearer wrong"}, ""), ({}, "?token=wrong"),
-                           ({"Authorization": "s3cret/+"}, "")):
+    for headers, query in (
+        ({}, ""),
+        ({"Authorization": "Bearer wrong"}, ""),
+        ({}, "?token=wrong"),
+        ({"Authorization": "s3cret/+"}, ""),
+    ):
         answer = guarded.get(path + query, headers=headers)
         assert answer.status_code == 401 and "token" in answer.json()["detail"]
 

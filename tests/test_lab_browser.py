@@ -13,14 +13,15 @@ import threading
 import time
 from pathlib import Path
 
+import chromium
 import pytest
 import uvicorn
+from chromium import CHROMIUM
 
 from digitnet.config import ConfigError, TrainConfig
 from digitnet.lab import Lab, create_app
 from digitnet.train import train_and_evaluate
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own browser downloads are not used
 # Runs trained before the page opens: enough to read a clearly drawn digit, and a second one to compare it with.
 READER = {"hidden": [64], "epochs": 3, "train_size": 20_000, "val_size": 1000}
 SMALL = {"hidden": [16, 16], "epochs": 2, "train_size": 3000, "val_size": 1000}
@@ -67,16 +68,8 @@ def server_url(lab):
 
 @pytest.fixture(scope="module")
 def browser_context(tmp_path_factory):
-    """Headless Chromium with a throwaway profile and no background network traffic."""
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=flags, viewport={"width": 1280, "height": 900}
-        )
+    with chromium.browser_context(sync_api, tmp_path_factory.mktemp("chromium-profile"), 1280, 900) as context:
         yield context
-        context.close()
 
 
 @pytest.fixture
@@ -223,7 +216,8 @@ def test_comparing_two_runs_overlays_their_curves_and_the_table_sorts(page, tmp_
     legend = page.locator("#overlay-chart .u-legend .u-series .u-label")
     expect(legend).to_have_text(["reader", "small"])
     expect(page.locator("#scatter-chart .u-legend .u-series .u-label")).to_contain_text(
-        ["1 hidden layer", "2 hidden layers"])
+        ["1 hidden layer", "2 hidden layers"]
+    )
     page.click('#runs-table th[data-key="test_accuracy"]')
     expect(page.locator('#runs-table th[data-key="test_accuracy"]')).to_have_attribute("aria-sort", "descending")
     cells = page.locator("#runs-table tbody td:nth-child(10)").all_inner_texts()  # the test accuracy column

@@ -48,7 +48,9 @@ def test_network_diagram_from_a_model_matches_its_config(tmp_path):
 
 
 def test_network_diagram_stays_readable_with_six_hidden_layers(tmp_path):
-    path = plots.plot_network(plots.layers_from_config(TrainConfig(hidden=(64,) * 6, activation=("tanh",))), tmp_path / "n.png")
+    path = plots.plot_network(
+        plots.layers_from_config(TrainConfig(hidden=(64,) * 6, activation=("tanh",))), tmp_path / "n.png"
+    )
     with Image.open(path) as image:
         width, height = image.size
     assert width > height  # the figure widens with the layers instead of squeezing them
@@ -61,8 +63,17 @@ def test_samples(tmp_path, digits):
 
 @pytest.mark.parametrize("epochs", [1, 5])
 def test_curves(tmp_path, epochs):
-    history = [{"epoch": e, "loss": 1 / e, "accuracy": 1 - 0.1 / e, "val_loss": 1.1 / e, "val_accuracy": 1 - 0.12 / e,
-                "seconds": 1.0} for e in range(1, epochs + 1)]
+    history = [
+        {
+            "epoch": e,
+            "loss": 1 / e,
+            "accuracy": 1 - 0.1 / e,
+            "val_loss": 1.1 / e,
+            "val_accuracy": 1 - 0.12 / e,
+            "seconds": 1.0,
+        }
+        for e in range(1, epochs + 1)
+    ]
     assert_png(plots.plot_curves(history, tmp_path / "curves.png"))
 
 

@@ -9,23 +9,21 @@ import sys
 import threading
 from pathlib import Path
 
-
 import keras
 import numpy as np
 import pytest
+from conftest import UNTRAINED_TEST_ACCURACY
+from hardcases import number_picture
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from digitnet.cli import app
-from digitnet.config import TrainConfig
-from conftest import UNTRAINED_TEST_ACCURACY
 from digitnet.errors import DigitnetError
-from digitnet.model import build_model
 from digitnet.model import load_model
-from digitnet.run import RunDir, model_file
 from digitnet.predict import BATCH_SIZES, Predictor
 from digitnet.preprocess import ImageError, preprocess
-
+from digitnet.run import RunDir, model_file
+from digitnet.segment import split_digits
 
 
 def draw_digit_png(path: Path, dark_ink: bool = True, size: int = 200) -> Path:
@@ -57,6 +55,9 @@ def images(tmp_path_factory) -> dict[str, Path]:
     return {**good, **bad, "missing": folder / "missing.png"}
 
 
+ONE_DIGIT_KEYS = {"file", "label", "class", "probability", "probabilities", "number", "digits"}
+
+
 def invoke(*args: str):
     """Run the CLI in-process; stdout and stderr kept apart."""
     return CliRunner().invoke(app, [str(arg) for arg in args])
@@ -77,11 +78,56 @@ def test_predict_json_has_the_documented_keys(run_dir, images):
     results = json.loads(result.stdout)
     assert [r["file"] for r in results] == [str(images["dark"]), str(images["jpeg"])]
     for r in results:
-        assert set(r) == {"file", "label", "class", "probability", "probabilities"}
+        assert set(r) == ONE_DIGIT_KEYS
         assert len(r["probabilities"]) == 10 and all(isinstance(p, float) for p in r["probabilities"])
         assert sum(r["probabilities"]) == pytest.approx(1.0, abs=1e-4)
         assert r["label"] == int(np.argmax(r["probabilities"])) and r["class"] == str(r["label"])
         assert r["probability"] == max(r["probabilities"])
+        assert r["number"] == str(r["label"])
+        [digit] = r["digits"]
+        assert {key: digit[key] for key in ("label", "class", "probability", "probabilities")} == {
+            key: r[key] for key in ("label", "class", "probability", "probabilities")
+        }
+        left, top, right, bottom = digit["box"]
+        width, height = Image.open(r["file"]).size
+        assert 0 <= left < right <= width and 0 <= top < bottom <= height
+
+
+def number_png(path: Path, text: str) -> tuple[Path, list[tuple]]:
+    """A photo-like picture of a number written as separate digits, and the box drawn for each."""
+    picture, boxes = number_picture(text, "tune", np.random.default_rng(7), canvas=False)
+    Image.fromarray(np.round(np.clip(picture, 0, 1) * 255).astype(np.uint8), "RGB").save(path)
+    return path, boxes
+
+
+def test_a_number_is_read_digit_by_digit_left_to_right(run_dir, tmp_path):
+    path, boxes = number_png(tmp_path / "2026.png", "2026")
+    result = invoke("predict", run_dir, path, "--json", "--save-preprocessed", tmp_path / "seen")
+    assert result.exit_code == 0, result.output
+    [r] = json.loads(result.stdout)
+    assert set(r) == {"file", "number", "digits"}  # no one label for the whole
+    expected = Predictor.load(run_dir).predict_arrays(np.stack([d.pixels for d in split_digits(Image.open(path))]))
+    assert r["number"] == "".join(str(int(np.argmax(p))) for p in expected) and len(r["number"]) == 4
+    lefts = [digit["box"][0] for digit in r["digits"]]
+    assert lefts == sorted(lefts) and all(left >= box[0] - 10 for left, box in zip(lefts, boxes))
+    for place, digit in enumerate(r["digits"], start=1):
+        assert digit["label"] == int(r["number"][place - 1])
+        assert digit["preprocessed"] == str(tmp_path / "seen" / f"2026_{place}_28x28.png")
+        np.testing.assert_allclose(digit["probabilities"], expected[place - 1], atol=1e-6)
+    line = invoke("predict", run_dir, path).stdout.strip()
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}: {r['number']} \(\d p=[01]\.\d{{3}}(, \d p=[01]\.\d{{3}}){{3}}\)", line
+    )
+
+
+def test_one_digit_reads_the_whole_ink_as_one_digit(run_dir, tmp_path):
+    path, _ = number_png(tmp_path / "42.png", "42")
+    result = invoke("predict", run_dir, path, "--json", "--one-digit")
+    [r] = json.loads(result.stdout)
+    assert set(r) == ONE_DIGIT_KEYS and len(r["digits"]) == 1
+    np.testing.assert_allclose(
+        r["probabilities"], Predictor.load(run_dir).predict_arrays(preprocess(path)[None])[0], atol=1e-6
+    )
 
 
 def test_bad_files_get_errors_and_exit_code_1_while_good_ones_are_predicted(run_dir, images):
@@ -89,7 +135,7 @@ def test_bad_files_get_errors_and_exit_code_1_while_good_ones_are_predicted(run_
     result = invoke("predict", run_dir, images["dark"], *bad, "--json")
     assert result.exit_code == 1
     results = json.loads(result.stdout)
-    assert set(results[0]) == {"file", "label", "class", "probability", "probabilities"}
+    assert set(results[0]) == ONE_DIGIT_KEYS
     for r, path in zip(results[1:], bad):
         assert set(r) == {"file", "error"} and r["file"] == str(path) and r["error"]
     assert len(result.stderr.strip().splitlines()) == len(bad)
@@ -107,7 +153,9 @@ def test_save_preprocessed_writes_what_the_network_saw_without_overwriting(run_d
     written = sorted(p.name for p in out.iterdir())
     assert written == ["seven_28x28-1.png", "seven_28x28.png"]
     lines = result.stdout.splitlines()  # both inputs are named seven.png: each line says which file is its own
-    assert lines[0].endswith(f"saved as {out / 'seven_28x28.png'}") and lines[1].endswith(f"saved as {out / 'seven_28x28-1.png'}")
+    assert lines[0].endswith(f"saved as {out / 'seven_28x28.png'}") and lines[1].endswith(
+        f"saved as {out / 'seven_28x28-1.png'}"
+    )
     saved = np.asarray(Image.open(out / "seven_28x28.png"))
     assert saved.shape == (28, 28) and saved.dtype == np.uint8
     np.testing.assert_array_equal(saved, np.round(preprocess(images["dark"]) * 255).astype(np.uint8))
@@ -123,18 +171,23 @@ def test_a_bad_model_path_is_a_one_line_error_with_exit_code_2(images, tmp_path)
     assert re.fullmatch(r"digitnet: error: model: .*nowhere does not exist; .*\n", done.stderr)
 
 
-@pytest.mark.parametrize("make, words", [
-    ("empty folder", "without model.keras"),
-    ("wrong suffix", "is not a .keras file"),
-    ("corrupt file", "is not a Keras model (a .keras file is a zip archive)"),
-    ("not an MNIST model", "takes inputs of shape (10,)"),
-    ("three classes", "gives outputs of shape (3,), not the 10 digit classes"),
-    ("no softmax", "does not end in a softmax"),
-])
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        ("empty folder", "without model.keras"),
+        ("wrong suffix", "is not a .keras file"),
+        ("corrupt file", "is not a Keras model (a .keras file is a zip archive)"),
+        ("not an MNIST model", "takes inputs of shape (10,)"),
+        ("three classes", "gives outputs of shape (3,), not the 10 digit classes"),
+        ("no softmax", "does not end in a softmax"),
+    ],
+)
 def test_bad_model_paths_raise_digitnet_error(tmp_path, make, words):
-    layers = {"not an MNIST model": [keras.Input(shape=(10,)), keras.layers.Dense(2)],
-              "three classes": [keras.Input(shape=(784,)), keras.layers.Dense(3, activation="softmax")],
-              "no softmax": [keras.Input(shape=(784,)), keras.layers.Dense(10)]}
+    layers = {
+        "not an MNIST model": [keras.Input(shape=(10,)), keras.layers.Dense(2)],
+        "three classes": [keras.Input(shape=(784,)), keras.layers.Dense(3, activation="softmax")],
+        "no softmax": [keras.Input(shape=(784,)), keras.layers.Dense(10)],
+    }
     if make in layers:
         path = tmp_path / "model.keras"
         keras.Sequential(layers[make]).save(path)
@@ -217,7 +270,11 @@ def test_predict_sources_takes_bytes_and_names(predictor, images):
 
 def test_describe_reports_layers_parameters_and_test_accuracy(predictor):
     info = predictor.describe()
-    assert [(layer["name"], layer["units"]) for layer in info["layers"]] == [("input", 784), ("hidden_1", 16), ("output", 10)]
+    assert [(layer["name"], layer["units"]) for layer in info["layers"]] == [
+        ("input", 784),
+        ("hidden_1", 16),
+        ("output", 10),
+    ]
     assert info["parameters"] == 784 * 16 + 16 + 16 * 10 + 10
     assert info["test_accuracy"] == UNTRAINED_TEST_ACCURACY
     assert info["run"] == predictor.path.parent.name and str(predictor.path.parent) not in json.dumps(info)
@@ -244,8 +301,9 @@ def test_save_preprocessed_into_a_file_is_a_clear_error(run_dir, images, tmp_pat
 def test_digitnet_networks_run_in_numpy_and_others_compiled(run_dir, tmp_path):
     assert not Predictor.load(run_dir).compiled
     # A layer the NumPy pass does not know: the compiled pass serves it, with Keras' own numbers.
-    other = keras.Sequential([keras.Input((784,)), keras.layers.Dense(8, activation="gelu"), keras.layers.Dense(10),
-                              keras.layers.Softmax()])
+    other = keras.Sequential(
+        [keras.Input((784,)), keras.layers.Dense(8, activation="gelu"), keras.layers.Dense(10), keras.layers.Softmax()]
+    )
     other.save(tmp_path / "other.keras")
     predictor = Predictor.load(tmp_path / "other.keras")
     assert predictor.compiled

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from digitnet.errors import DigitnetError
 from digitnet import framing, images
 from digitnet import preprocess as pipeline
+from digitnet.errors import DigitnetError
 from digitnet.preprocess import MAX_PIXELS, ImageError, load_image, preprocess, to_mnist
 
 BLACK, WHITE = (0, 0, 0), (255, 255, 255)
@@ -50,7 +50,9 @@ def ink_box(pixels: np.ndarray) -> tuple[int, int]:
     return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
 
 
-def assert_same_digit(a: np.ndarray, b: np.ndarray, mean_tol: float = 0.03, max_tol: float = 0.35, shift: int = 0) -> None:
+def assert_same_digit(
+    a: np.ndarray, b: np.ndarray, mean_tol: float = 0.03, max_tol: float = 0.35, shift: int = 0
+) -> None:
     """Two 28x28 inputs agree pixel by pixel up to antialiasing differences along the strokes, and with
     shift=1, up to a one-pixel move: centring by mass rounds to whole pixels, as MNIST's did, so one
     drawing at two sizes can land on either side of a rounding."""
@@ -219,7 +221,12 @@ def canvas(ink, paper, mode="RGB") -> Image.Image:
 
 @pytest.mark.parametrize(
     "image",
-    [canvas(WHITE, BLACK), canvas(BLACK, WHITE), canvas((0, 0, 0, 255), (0, 0, 0, 0), "RGBA"), canvas((30, 60, 200), WHITE)],
+    [
+        canvas(WHITE, BLACK),
+        canvas(BLACK, WHITE),
+        canvas((0, 0, 0, 255), (0, 0, 0, 0), "RGBA"),
+        canvas((30, 60, 200), WHITE),
+    ],
     ids=["white-on-black", "black-on-white", "black-on-transparent", "blue-on-white"],
 )
 def test_canvas_takes_the_flat_background_shortcut_to_the_same_result(image, monkeypatch):
@@ -233,7 +240,12 @@ def test_canvas_takes_the_flat_background_shortcut_to_the_same_result(image, mon
 
 @pytest.mark.parametrize(
     "image",
-    [canvas(WHITE, BLACK, "RGBA"), canvas(BLACK, WHITE), canvas((0, 0, 0, 255), (0, 0, 0, 0), "RGBA"), canvas((30, 60, 200), WHITE)],
+    [
+        canvas(WHITE, BLACK, "RGBA"),
+        canvas(BLACK, WHITE),
+        canvas((0, 0, 0, 255), (0, 0, 0, 0), "RGBA"),
+        canvas((30, 60, 200), WHITE),
+    ],
     ids=["white-on-black-rgba", "black-on-white", "black-on-transparent", "blue-on-white"],
 )
 def test_flat_images_are_read_at_half_size_to_the_same_digit(image, monkeypatch):
@@ -258,8 +270,10 @@ def test_opaque_grey_canvas_is_halved_from_its_8_bit_levels_as_from_floats():
 
 def test_halving_averages_each_2x2_block_and_pairs_an_odd_edge_with_itself():
     pixels = np.arange(15, dtype=np.float32).reshape(3, 5, 1)
-    expected = [[(0 + 1 + 5 + 6) / 4, (2 + 3 + 7 + 8) / 4, (4 + 4 + 9 + 9) / 4],
-                [(10 + 11 + 10 + 11) / 4, (12 + 13 + 12 + 13) / 4, (14 + 14 + 14 + 14) / 4]]
+    expected = [
+        [(0 + 1 + 5 + 6) / 4, (2 + 3 + 7 + 8) / 4, (4 + 4 + 9 + 9) / 4],
+        [(10 + 11 + 10 + 11) / 4, (12 + 13 + 12 + 13) / 4, (14 + 14 + 14 + 14) / 4],
+    ]
     np.testing.assert_allclose(pipeline._halve(pixels)[:, :, 0], expected)
     np.testing.assert_allclose(pipeline._halve(pixels.astype(np.uint8), np.uint16)[:, :, 0], expected)
 
@@ -319,7 +333,10 @@ def test_percentiles_and_medians_are_numpys_to_the_bit():
         assert [(float(x), x.dtype) for x in got] == [(float(np.percentile(values, q)), np.float32) for q in qs]
         assert float(pipeline._median(values)) == float(np.median(values))
     values = np.array([3, 1, 2], np.float32)
-    pipeline._percentiles(values, (50.0,)), pipeline._median(values)  # they sort copies: the caller's array stays as it was
+    (
+        pipeline._percentiles(values, (50.0,)),
+        pipeline._median(values),
+    )  # they sort copies: the caller's array stays as it was
     np.testing.assert_array_equal(values, [3, 1, 2])
 
 
@@ -452,7 +469,9 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def lab_tiff() -> bytes:
@@ -513,4 +532,6 @@ def test_digits_cropped_to_their_strokes_are_read_as_with_a_white_border(noise):
         cropped = np.asarray(draw_two((64, 64), box=box).convert("L"), np.float32)
         scan = Image.fromarray(np.clip(cropped + rng.normal(0, noise, cropped.shape), 0, 255).astype(np.uint8))
         pixels = preprocess(encode(scan), require_ink=True)
-        assert_same_digit(pixels, to_mnist(ImageOps.expand(scan, border=16, fill=255)), mean_tol=0.05, max_tol=0.6, shift=1)
+        assert_same_digit(
+            pixels, to_mnist(ImageOps.expand(scan, border=16, fill=255)), mean_tol=0.05, max_tol=0.6, shift=1
+        )

@@ -17,8 +17,26 @@ from PIL import Image, ImageDraw
 from digitnet.preprocess import ImageError, preprocess, to_mnist
 from digitnet.segment import split_digits
 
-MODES = ["1", "L", "P", "RGB", "RGBA", "RGBX", "LA", "PA", "La", "RGBa", "I;16", "I;16B", "I", "F", "CMYK", "YCbCr",
-         "HSV", "LAB"]
+MODES = [
+    "1",
+    "L",
+    "P",
+    "RGB",
+    "RGBA",
+    "RGBX",
+    "LA",
+    "PA",
+    "La",
+    "RGBa",
+    "I;16",
+    "I;16B",
+    "I",
+    "F",
+    "CMYK",
+    "YCbCr",
+    "HSV",
+    "LAB",
+]
 CONTENTS = ["noise", "constant", "gradient", "strokes", "strokes-on-noise"]
 # Formats that store the mode as it is, or as a close one (PNG keeps 16-bit grey; TIFF keeps F and CMYK).
 FORMATS = ["PNG", "TIFF", "BMP", "GIF", "JPEG", "WEBP"]
@@ -38,7 +56,9 @@ def content(kind: str, height: int, width: int, rng: np.random.Generator) -> np.
     canvas = Image.new("F", (width, height), float(rng.random()))
     draw = ImageDraw.Draw(canvas)
     for _ in range(int(rng.integers(1, 6))):
-        points = [tuple(p) for p in rng.integers(-5, max(width, height) + 5, size=(int(rng.integers(2, 6)), 2)).tolist()]
+        points = [
+            tuple(p) for p in rng.integers(-5, max(width, height) + 5, size=(int(rng.integers(2, 6)), 2)).tolist()
+        ]
         draw.line(points, fill=float(rng.random()), width=int(rng.integers(1, max(2, min(width, height) // 4 + 2))))
     strokes = np.asarray(canvas, np.float64)[:, :, None] * np.ones(4)
     if kind == "strokes-on-noise":
@@ -51,19 +71,31 @@ def make_image(mode: str, values: np.ndarray, rng: np.random.Generator, wild: bo
     32-bit images take any offset and scale."""
     grey = values[:, :, 0]
     if mode in ("I;16", "I;16B"):
-        return Image.fromarray((grey * 65535).astype(np.uint16)).convert(mode) if mode == "I;16" else \
-            Image.frombytes(mode, grey.shape[::-1], (grey * 65535).astype(">u2").tobytes())
+        return (
+            Image.fromarray((grey * 65535).astype(np.uint16)).convert(mode)
+            if mode == "I;16"
+            else Image.frombytes(mode, grey.shape[::-1], (grey * 65535).astype(">u2").tobytes())
+        )
     if mode == "I" and not wild:
         return Image.fromarray((grey * 65535).astype(np.int32), "I")
     if mode == "I":  # 32-bit signed: any range, negative too
         return Image.fromarray(((grey - rng.random()) * 10 ** rng.integers(0, 9)).astype(np.int32), "I")
     if mode == "F":  # 32-bit float: 0..1, 0..255 or wild
-        return Image.fromarray((grey * [1.0, 255.0, 1e30][rng.integers(3)] - wild * rng.random() * 2).astype(np.float32), "F")
+        return Image.fromarray(
+            (grey * [1.0, 255.0, 1e30][rng.integers(3)] - wild * rng.random() * 2).astype(np.float32), "F"
+        )
     rgba = Image.fromarray(np.round(values * 255).astype(np.uint8), "RGBA")
     if mode in ("P", "PA"):
-        return rgba.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=int(rng.integers(2, 256))) \
-            if mode == "P" else rgba.convert("PA")
-    return rgba.convert(mode) if mode not in ("La", "RGBa") else rgba.convert("LA" if mode == "La" else "RGBA").convert(mode)
+        return (
+            rgba.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=int(rng.integers(2, 256)))
+            if mode == "P"
+            else rgba.convert("PA")
+        )
+    return (
+        rgba.convert(mode)
+        if mode not in ("La", "RGBa")
+        else rgba.convert("LA" if mode == "La" else "RGBA").convert(mode)
+    )
 
 
 def assert_mnist_input(pixels: np.ndarray) -> None:
@@ -73,8 +105,11 @@ def assert_mnist_input(pixels: np.ndarray) -> None:
 
 images = st.builds(
     lambda mode, kind, height, width, seed: (mode, kind, height, width, seed),
-    st.sampled_from(MODES), st.sampled_from(CONTENTS),
-    st.integers(1, 300), st.integers(1, 300), st.integers(0, 2**32 - 1),
+    st.sampled_from(MODES),
+    st.sampled_from(CONTENTS),
+    st.integers(1, 300),
+    st.integers(1, 300),
+    st.integers(0, 2**32 - 1),
 )
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from digitnet.preprocess import ImageError, preprocess
 from hardcases import generate as generate_hard
+from PIL import Image
 from realworld import generate
 from small_model import train_small_model
+
+from digitnet.preprocess import ImageError, preprocess
 
 N_FONTS, N_SKLEARN = 150, 150  # generated images per source: about 15 s of CPU to make and read
 N_HARD = 30  # pictures of each kind of tests/hardcases.py
@@ -98,7 +98,9 @@ def test_each_kind_of_hard_picture_is_read_far_better_than_by_a_plain_resize(pre
     ours = accuracy(predict, [preprocess(p) for p in paths], labels)
     plain = accuracy(predict, [plain_resize(p) for p in paths], labels)
     print(f"{kind}: n={len(labels)} digitnet {ours:.3f} plain resize {plain:.3f}")
-    assert ours >= MIN_HARD_ACCURACY and ours - plain >= 0.4, f"digitnet {ours:.3f} vs plain resize {plain:.3f} on {kind}"
+    assert ours >= MIN_HARD_ACCURACY and ours - plain >= 0.4, (
+        f"digitnet {ours:.3f} vs plain resize {plain:.3f} on {kind}"
+    )
 
 
 def test_generated_sets_are_deterministic(tmp_path):
@@ -110,7 +112,9 @@ def test_generated_sets_are_deterministic(tmp_path):
     assert [label for _, label in first["fonts"]] == [0, 1, 2, 3, 4, 5]
     hard_a = generate_hard(tmp_path / "c", n_per_kind=2, split="held-out", seed=3, kinds=("edge-crop", "ruled"))
     hard_b = generate_hard(tmp_path / "d", n_per_kind=2, split="held-out", seed=3, kinds=("edge-crop", "ruled"))
-    assert [p.read_bytes() for k in hard_a for p, _ in hard_a[k]] == [p.read_bytes() for k in hard_b for p, _ in hard_b[k]]
+    assert [p.read_bytes() for k in hard_a for p, _ in hard_a[k]] == [
+        p.read_bytes() for k in hard_b for p, _ in hard_b[k]
+    ]
 
 
 def test_tuning_and_held_out_splits_share_no_font():

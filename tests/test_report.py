@@ -42,8 +42,10 @@ def tiny_data() -> Mnist:
     """Random images standing in for MNIST: enough for every picture, no download."""
     rng = np.random.default_rng(0)
     return Mnist(
-        train_images=rng.integers(0, 256, (60, 28, 28), dtype=np.uint8), train_labels=np.arange(60, dtype=np.uint8) % 10,
-        test_images=rng.integers(0, 256, (50, 28, 28), dtype=np.uint8), test_labels=np.arange(50, dtype=np.uint8) % 10,
+        train_images=rng.integers(0, 256, (60, 28, 28), dtype=np.uint8),
+        train_labels=np.arange(60, dtype=np.uint8) % 10,
+        test_images=rng.integers(0, 256, (50, 28, 28), dtype=np.uint8),
+        test_labels=np.arange(50, dtype=np.uint8) % 10,
         source="random",
     )
 
@@ -61,8 +63,16 @@ def run_dir(tmp_path):
         writer.writerows([[e, 1 / e, 1 - 0.3 / e, 1.2 / e, 1 - 0.35 / e, 0.5] for e in (1, 2, 3)])
     model = build_model(config)
     model.save(run / "model.keras")
-    metrics = {"test_accuracy": 0.1, "test_loss": 2.3, "val_accuracy": 0.88, "params": model.count_params(),
-               "train_seconds": 1.5, "compile_seconds": 0.7, "epochs": 3, "device": "cpu"}
+    metrics = {
+        "test_accuracy": 0.1,
+        "test_loss": 2.3,
+        "val_accuracy": 0.88,
+        "params": model.count_params(),
+        "train_seconds": 1.5,
+        "compile_seconds": 0.7,
+        "epochs": 3,
+        "device": "cpu",
+    }
     (run / "metrics.json").write_text(json.dumps(metrics))
     return run
 
@@ -75,11 +85,13 @@ def test_report_embeds_six_images_and_nothing_external(run_dir, tiny_data):
     parser.feed(page)
     assert len(parser.images) == 6 and all(src.startswith(DATA_URI) for src in parser.images)
     for src in parser.images:
-        with Image.open(io.BytesIO(base64.b64decode(src[len(DATA_URI):], validate=True))) as image:
+        with Image.open(io.BytesIO(base64.b64decode(src[len(DATA_URI) :], validate=True))) as image:
             assert image.format == "PNG" and image.size[0] >= 400
     assert all(link.startswith("#") for link in parser.links)
     assert "http://" not in page and "https://" not in page and "<script" not in page
-    assert sorted(p.name for p in (run_dir / "plots").glob("*.png")) == sorted(f"{name}.png" for name in report.PLOT_FILES)
+    assert sorted(p.name for p in (run_dir / "plots").glob("*.png")) == sorted(
+        f"{name}.png" for name in report.PLOT_FILES
+    )
     assert (run_dir / "evaluation.json").is_file()  # computed because the run had none
     for text in ("hidden_1", "learning_rate", "Test accuracy", "Scores per digit", "Total params"):
         assert text in page

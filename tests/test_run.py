@@ -100,11 +100,15 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(tmp_path):
     groups, epoch = run.load_checkpoint((1, 0, 2))
     assert epoch == 2 and groups[0][0][0, 0] == 2.0
     data = (tmp_path / CHECKPOINT).read_bytes()
-    (tmp_path / CHECKPOINT).write_bytes(data[: len(data) // 2])  # truncated, as a full disk or a copy cut short leaves it
+    (tmp_path / CHECKPOINT).write_bytes(
+        data[: len(data) // 2]
+    )  # truncated, as a full disk or a copy cut short leaves it
     notes = []
     groups, epoch = run.load_checkpoint((1, 0, 2), log=notes.append)
     assert epoch == 1 and groups[0][0][0, 0] == 1.0
-    assert notes == ["checkpoint.npz is damaged (File is not a zip file); resuming from checkpoint.prev.npz, after epoch 1"]
+    assert notes == [
+        "checkpoint.npz is damaged (File is not a zip file); resuming from checkpoint.prev.npz, after epoch 1"
+    ]
     (tmp_path / PREVIOUS_CHECKPOINT).write_bytes(b"junk")
     with pytest.raises(DigitnetError, match="checkpoint.npz is damaged .* and checkpoint.prev.npz is damaged") as info:
         run.load_checkpoint((1, 0, 2))
@@ -135,4 +139,3 @@ def test_model_file_refuses_a_run_still_training(tmp_path):
     finally:
         process.kill()
         process.wait()
-

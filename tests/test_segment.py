@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hardcases import number_picture
 from PIL import Image, ImageDraw
+from small_model import train_small_model
 
 from digitnet.preprocess import to_mnist
 from digitnet.segment import Digit, split_digits
-from hardcases import number_picture
-from small_model import train_small_model
 
 
 def as_image(picture: np.ndarray) -> Image.Image:
@@ -42,7 +42,9 @@ def test_one_digit_gives_exactly_to_mnists_input():
     assert 60 <= left <= 80 and 25 <= top <= 40 and 225 <= right <= 245 and 225 <= bottom <= 240
 
 
-@pytest.mark.parametrize("image", [Image.new("RGB", (200, 120), "white"), Image.new("L", (1, 1), 0)], ids=["white", "one-pixel"])
+@pytest.mark.parametrize(
+    "image", [Image.new("RGB", (200, 120), "white"), Image.new("L", (1, 1), 0)], ids=["white", "one-pixel"]
+)
 def test_blank_image_gives_no_digits(image):
     assert split_digits(image) == []
 

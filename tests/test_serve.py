@@ -6,8 +6,8 @@ import asyncio
 import base64
 import gc
 import io
-import logging
 import json
+import logging
 import os
 import random
 import re
@@ -19,23 +19,37 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
+from hardcases import number_picture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
-from digitnet.config import TrainConfig
 from digitnet.machine import available_cores
-from digitnet.model import build_model
 from digitnet.predict import Predictor
-from digitnet.serve import MAX_BODY_BYTES, BatchedReader, create_app, hand_out_connections, listen_socket, loaded_app, predict_image
+from digitnet.serve import (
+    MAX_BODY_BYTES,
+    BatchedReader,
+    create_app,
+    hand_out_connections,
+    listen_socket,
+    loaded_app,
+    predict_image,
+)
 
-PREDICTION_KEYS = {"file", "label", "class", "probability", "probabilities"}  # as `digitnet predict --json`
+PREDICTION_KEYS = {
+    "file",
+    "label",
+    "class",
+    "probability",
+    "probabilities",
+    "number",
+    "digits",
+}  # as `digitnet predict --json`
 SMALL_LIMIT = 64 * 1024  # bytes; a body limit that tests can exceed cheaply
 
 
@@ -54,7 +68,9 @@ def canvas_png(size: int = 280, lines: int = 1) -> bytes:
     """A drawing like the page sends: a white "1" on an opaque black RGBA canvas (lines=0: a cleared canvas)."""
     image = Image.new("RGBA", (size, size), (0, 0, 0, 255))
     if lines:
-        ImageDraw.Draw(image).line([(size * 0.55, size * 0.15), (size * 0.45, size * 0.85)], fill="white", width=size // 14)
+        ImageDraw.Draw(image).line(
+            [(size * 0.55, size * 0.15), (size * 0.45, size * 0.85)], fill="white", width=size // 14
+        )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -75,6 +91,8 @@ def assert_prediction(answer: dict, file: str) -> None:
     assert header == "data:image/png;base64"
     seen = Image.open(io.BytesIO(base64.b64decode(payload)))
     assert seen.size == (28, 28) and seen.mode == "L"
+    assert answer["number"] == str(answer["label"]) and len(answer["digits"]) == 1
+    assert answer["digits"][0]["preprocessed"] == answer["preprocessed"]
 
 
 def assert_client_error(response, status: int | None = None) -> None:
@@ -93,7 +111,26 @@ def test_upload_answers_the_predict_json_object(client, predictor, tmp_path):
     assert_prediction(answer, "one.png")
     (tmp_path / "one.png").write_bytes(png)
     cli_object = predictor.predict_sources([tmp_path / "one.png"], names=["one.png"])[0]
+    for digit in answer["digits"]:
+        del digit["preprocessed"]  # a data URL here; a file, when asked for, on the command line
     assert {key: answer[key] for key in PREDICTION_KEYS} == cli_object
+
+
+def test_a_number_answers_each_digit_in_order_with_its_picture(client, predictor):
+    picture, _ = number_picture("907", "tune", np.random.default_rng(3), canvas=False)
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(np.clip(picture, 0, 1) * 255).astype(np.uint8), "RGB").save(buffer, format="PNG")
+    response = client.post("/predict", files={"file": ("907.png", buffer.getvalue(), "image/png")})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert set(answer) == {"file", "number", "digits"} and len(answer["digits"]) == 3
+    assert answer["number"] == "".join(str(digit["label"]) for digit in answer["digits"])
+    assert all(digit["preprocessed"].startswith("data:image/png;base64,") for digit in answer["digits"])
+    lefts = [digit["box"][0] for digit in answer["digits"]]
+    assert lefts == sorted(lefts)
+    whole = client.post("/predict?one_digit=true", files={"file": ("907.png", buffer.getvalue(), "image/png")})
+    assert_prediction(whole.json(), "907.png")
+    assert_client_error(client.post("/predict?one_digit=maybe", files={"file": ("907.png", buffer.getvalue())}), 422)
 
 
 def test_canvas_data_url_is_named_canvas(client):
@@ -189,7 +226,10 @@ MALFORMED = {
     "multipart without file field": ({"files": {"upload": ("a.png", b"x", "image/png")}}, 400),
     "multipart file as text field": ({"files": {"file": (None, "just text")}}, 400),
     "multipart without boundary": ({"content": b"--x\r\n", "headers": {"content-type": "multipart/form-data"}}, 400),
-    "multipart garbage": ({"content": b"garbage", "headers": {"content-type": "multipart/form-data; boundary=zz"}}, 400),
+    "multipart garbage": (
+        {"content": b"garbage", "headers": {"content-type": "multipart/form-data; boundary=zz"}},
+        400,
+    ),
     "multipart not an image": ({"files": {"file": ("a.png", b"GIF89a but not really", "image/png")}}, 422),
     "blank canvas": ({"json": {"image": data_url(canvas_png(lines=0))}}, 422),
 }
@@ -215,7 +255,13 @@ def junk_request(rng: random.Random, png: bytes) -> dict:
         broken[rng.randrange(len(broken))] = rng.randrange(256)
     broken = bytes(broken[: rng.randrange(1, len(broken) + 1)])
     if kind == 0:
-        types = ["application/json", "multipart/form-data; boundary=b", "text/plain", "", "application/json; charset=utf-8"]
+        types = [
+            "application/json",
+            "multipart/form-data; boundary=b",
+            "text/plain",
+            "",
+            "application/json; charset=utf-8",
+        ]
         return {"content": noise, "headers": {"content-type": rng.choice(types)}}
     if kind == 1:
         return {"json": {"image": data_url(broken)}}
@@ -245,8 +291,11 @@ def test_junk_never_makes_it_answer_500(client):
     assert client.get("/healthz").status_code == 200
 
 
-@pytest.mark.parametrize("workers, public_api_only", [(1, False), (2, False), (2, True), (None, False)],
-                         ids=["one worker", "two workers", "two workers, public API only", "one per core"])
+@pytest.mark.parametrize(
+    "workers, public_api_only",
+    [(1, False), (2, False), (2, True), (None, False)],
+    ids=["one worker", "two workers", "two workers, public API only", "one per core"],
+)
 def test_serve_command_answers_on_loopback_and_stops_on_interrupt(run_dir, workers, public_api_only):
     # --port 0: the system picks a free port, and the first line names it
     command = [sys.executable, "-m", "digitnet", "serve", str(run_dir), "--port", "0"]
@@ -323,19 +372,28 @@ def test_a_port_in_use_stops_with_one_line(run_dir, workers):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "digitnet", "serve", str(run_dir), "--port", str(port),
-                               "--workers", str(workers)], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "digitnet", "serve", str(run_dir), "--port", str(port), "--workers", str(workers)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
-        f"digitnet: error: cannot listen on 127.0.0.1:{port}: Address already in use; choose another --port or --host"]
+        f"digitnet: error: cannot listen on 127.0.0.1:{port}: Address already in use; choose another --port or --host"
+    ]
 
 
 def test_serve_refuses_zero_workers_and_a_missing_model(run_dir, tmp_path):
-    for args, message in (([str(run_dir), "--workers", "0"], "workers: got 0"),
-                          ([str(tmp_path / "nope"), "--workers", "2"], "nope"),
-                          ([str(run_dir), "--port", "99999"], "port: got 99999; allowed: 1 to 65535"),
-                          ([str(run_dir), "--port", "-1"], "port: got -1")):
-        done = subprocess.run([sys.executable, "-m", "digitnet", "serve", *args], capture_output=True, text=True, timeout=60)
+    for args, message in (
+        ([str(run_dir), "--workers", "0"], "workers: got 0"),
+        ([str(tmp_path / "nope"), "--workers", "2"], "nope"),
+        ([str(run_dir), "--port", "99999"], "port: got 99999; allowed: 1 to 65535"),
+        ([str(run_dir), "--port", "-1"], "port: got -1"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "digitnet", "serve", *args], capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 2, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr
 
@@ -355,7 +413,9 @@ def test_the_loaded_app_is_kept_out_of_full_garbage_collections(run_dir):
 
 def test_a_malformed_multipart_body_adds_no_bare_line_to_the_log(client, caplog):
     with caplog.at_level(logging.WARNING):
-        response = client.post("/predict", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=zz"})
+        response = client.post(
+            "/predict", content=b"garbage", headers={"content-type": "multipart/form-data; boundary=zz"}
+        )
     assert_client_error(response, 400)
     assert "Invalid multipart data" in response.json()["detail"]
     assert not [record for record in caplog.records if record.name.startswith("python_multipart")]
@@ -366,7 +426,7 @@ class CountingPredictor:
 
     def __init__(self, predictor: Predictor, error: Exception | None = None) -> None:
         self.predictor, self.error, self.batches = predictor, error, []
-        self.prepare, self.classes = predictor.prepare, predictor.classes
+        self.read, self.classes, self.dataset = predictor.read, predictor.classes, predictor.dataset
 
     def predict_arrays(self, x: np.ndarray) -> np.ndarray:
         self.batches.append(len(x))
@@ -391,8 +451,10 @@ def test_drawings_ready_together_share_one_forward_pass(predictor):
     assert counting.batches == [3]  # the three readable drawings
     for i, data in enumerate(drawings[:3]):  # as each alone would get, but for float rounding in the batch
         alone = predict_image(predictor, f"d{i}", data)
-        assert answers[i]["probabilities"] == pytest.approx(alone.pop("probabilities"), abs=1e-6)
-        assert {key: answers[i][key] for key in alone} == pytest.approx(alone, abs=1e-6)
+        for answer in (alone, alone["digits"][0]):
+            answer["probabilities"] = pytest.approx(answer["probabilities"], abs=1e-6)
+            answer["probability"] = pytest.approx(answer["probability"], abs=1e-6)
+        assert answers[i] == alone
     assert [(error.status_code, error.detail.split(":")[0]) for error in answers[3:]] == [(422, "d3"), (422, "d4")]
     assert read_together(BatchedReader(counting), drawings[:1])[0]["label"] == answers[0]["label"]
     assert counting.batches == [3, 1]
@@ -406,20 +468,34 @@ def test_a_failing_forward_pass_fails_each_waiting_request(predictor):
 
 # Header values a client can send: visible ASCII and spaces (HTTP forbids control characters in them).
 HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
-CONTENT_TYPES = st.one_of(st.sampled_from(["application/json", "multipart/form-data", "image/png", "text/plain", ""]),
-                          st.builds("multipart/form-data; boundary={}".format, HEADER_TEXT), HEADER_TEXT)
+CONTENT_TYPES = st.one_of(
+    st.sampled_from(["application/json", "multipart/form-data", "image/png", "text/plain", ""]),
+    st.builds("multipart/form-data; boundary={}".format, HEADER_TEXT),
+    HEADER_TEXT,
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.one_of(st.binary(max_size=2000), st.builds(lambda v: json.dumps({"image": v}).encode(), st.text()),
-                      st.builds(lambda v: json.dumps(v).encode(), st.recursive(
-                          st.none() | st.booleans() | st.floats() | st.text(max_size=20),
-                          lambda children: st.lists(children) | st.dictionaries(st.text(max_size=5), children)))),
-       content_type=CONTENT_TYPES,
-       extra=st.dictionaries(st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,15}", fullmatch=True), HEADER_TEXT, max_size=3))
+@given(
+    body=st.one_of(
+        st.binary(max_size=2000),
+        st.builds(lambda v: json.dumps({"image": v}).encode(), st.text()),
+        st.builds(
+            lambda v: json.dumps(v).encode(),
+            st.recursive(
+                st.none() | st.booleans() | st.floats() | st.text(max_size=20),
+                lambda children: st.lists(children) | st.dictionaries(st.text(max_size=5), children),
+            ),
+        ),
+    ),
+    content_type=CONTENT_TYPES,
+    extra=st.dictionaries(st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,15}", fullmatch=True), HEADER_TEXT, max_size=3),
+)
 def test_any_body_headers_and_content_type_get_200_or_a_4xx(client, body, content_type, extra):
-    headers = {**{k: v for k, v in extra.items() if k.lower() not in ("content-length", "transfer-encoding", "host")},
-               "content-type": content_type}
+    headers = {
+        **{k: v for k, v in extra.items() if k.lower() not in ("content-length", "transfer-encoding", "host")},
+        "content-type": content_type,
+    }
     response = client.post("/predict", content=body, headers=headers)
     assert response.status_code == 200 or 400 <= response.status_code < 500, (response.status_code, response.text)
     assert response.status_code == 200 or "detail" in response.json()

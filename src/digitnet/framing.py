@@ -41,7 +41,8 @@ def digit_pieces(ink: np.ndarray) -> np.ndarray:
     # Pieces are found on a coarse grid (max-pooled, so thin strokes stay joined) to keep this cheap.
     padded = np.zeros((-(-height // block) * block, -(-width // block) * block), ink.dtype)  # as np.pad, but quicker
     padded[:height, :width] = ink
-    # (Each block's maximum, over rows, then columns: as reshape(...).max(axis=(1, 3)), which numpy runs 10 times slower.)
+    # (Each block's maximum, over rows, then columns: as reshape(...).max(axis=(1, 3)), which numpy runs 10 times
+    # slower.)
     rows_pooled = np.maximum.reduce([padded[dy::block] for dy in range(block)])
     coarse = np.maximum.reduce([rows_pooled[:, dx::block] for dx in range(block)])
     labels = _label(coarse > 0.5)
@@ -74,8 +75,10 @@ def _piece_boxes(labels: np.ndarray) -> tuple[np.ndarray, ...]:
     boxes = ndimage.find_objects(labels)  # one pair of slices per label 1, 2, ..., in order
     pieces = np.arange(1, len(boxes) + 1)
     area = np.bincount(labels.ravel(), minlength=len(boxes) + 1)[1:]
-    top, bottom, left, right = (np.array([getattr(box[axis], end) for box in boxes], int)
-                                for axis, end in ((0, "start"), (0, "stop"), (1, "start"), (1, "stop")))
+    top, bottom, left, right = (
+        np.array([getattr(box[axis], end) for box in boxes], int)
+        for axis, end in ((0, "start"), (0, "stop"), (1, "start"), (1, "stop"))
+    )
     return pieces, area, top, bottom - 1, left, right - 1
 
 
@@ -110,7 +113,9 @@ def _normalise_stroke(digit: np.ndarray) -> np.ndarray:
     if size < 2:
         return digit
     # A square max (min) filter, as Pillow's MaxFilter (MinFilter), on a frame wide enough to hold a thickened digit.
-    changed = _window_extreme(digit.astype(np.float32, copy=False), size, np.maximum if change > 0 else np.minimum, margin=size)
+    changed = _window_extreme(
+        digit.astype(np.float32, copy=False), size, np.maximum if change > 0 else np.minimum, margin=size
+    )
     return _crop(changed) if changed.max() > 0.5 else digit
 
 
@@ -136,7 +141,8 @@ def _window_extreme(image: np.ndarray, size: int, extreme: np.ufunc, margin: int
 
 
 def _framed(image: np.ndarray, width: int) -> np.ndarray:
-    """The image in a frame of zeros `width` pixels wide: np.pad(image, width), at a fraction of its cost on small images."""
+    """The image in a frame of zeros `width` pixels wide: np.pad(image, width), at a fraction of its cost on small
+    images."""
     height, image_width = image.shape
     out = np.zeros((height + 2 * width, image_width + 2 * width), image.dtype)
     out[width : width + height, width : width + image_width] = image
@@ -154,7 +160,9 @@ def _fit_box(digit: np.ndarray) -> np.ndarray:
     scale = BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     resample = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR
-    scaled = Image.fromarray(digit.astype(np.float32, copy=False), "F").resize(size, resample, reducing_gap=2.0 if scale < 1 else None)
+    scaled = Image.fromarray(digit.astype(np.float32, copy=False), "F").resize(
+        size, resample, reducing_gap=2.0 if scale < 1 else None
+    )
     return np.clip(np.asarray(scaled, np.float32), 0.0, 1.0)
 
 

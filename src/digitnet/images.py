@@ -68,19 +68,26 @@ def decode(source: bytes | str | os.PathLike) -> Image.Image | np.ndarray:
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{name} is too large to decode safely; scale it down to at most {MAX_PIXELS:,} pixels") from None
+        raise ImageError(
+            f"{name} is too large to decode safely; scale it down to at most {MAX_PIXELS:,} pixels"
+        ) from None
     except FileNotFoundError:
         raise ImageError(f"cannot read {name}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"cannot read {name}: it is a folder, not an image file") from None
     except Image.UnidentifiedImageError:
-        raise ImageError(f"{name} is not an image Pillow can read; use a PNG, JPEG, GIF, BMP, TIFF or WebP file") from None
+        raise ImageError(
+            f"{name} is not an image Pillow can read; use a PNG, JPEG, GIF, BMP, TIFF or WebP file"
+        ) from None
     except Exception as err:  # noqa: BLE001 - decoders of untrusted bytes raise many types (OSError, SyntaxError, struct.error ...)
-        raise ImageError(f"{name} is truncated or corrupt ({_one_line(err)}); save it again or send another file") from None
+        raise ImageError(
+            f"{name} is truncated or corrupt ({_one_line(err)}); save it again or send another file"
+        ) from None
     if image.mode not in MODES:
-        raise ImageError(f"{name} has unsupported image mode {image.mode!r}; save it as an RGB or greyscale PNG or JPEG")
+        raise ImageError(
+            f"{name} has unsupported image mode {image.mode!r}; save it as an RGB or greyscale PNG or JPEG"
+        )
     return image
-
 
 
 def as_file(source: bytes | str | os.PathLike) -> tuple[io.BytesIO | str | os.PathLike, str]:
@@ -129,4 +136,3 @@ def _one_line(err: Exception) -> str:
     """The first line of an exception's message, or its type when it has none."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
-

@@ -132,8 +132,11 @@ def uvicorn_hands_connections() -> bool:
 
     config = uvicorn.Config(no_app, lifespan="off", log_config=None)
     config.load()
-    parts = (getattr(config, "http_protocol_class", None), getattr(config, "lifespan_class", None),
-             getattr(uvicorn.Server(config), "server_state", None))
+    parts = (
+        getattr(config, "http_protocol_class", None),
+        getattr(config, "lifespan_class", None),
+        getattr(uvicorn.Server(config), "server_state", None),
+    )
     return all(part is not None for part in parts)
 
 
@@ -144,5 +147,6 @@ def uvicorn_protocol_factory(server: Any) -> Callable[[], Any]:
     listener does, from its config and the server's state. Use only where `uvicorn_hands_connections()`.
     """
     config = server.config
-    return lambda: config.http_protocol_class(config=config, server_state=server.server_state,
-                                              app_state=server.lifespan.state)
+    return lambda: config.http_protocol_class(
+        config=config, server_state=server.server_state, app_state=server.lifespan.state
+    )

@@ -44,13 +44,27 @@ from digitnet.serve import (
     listen_socket,
     parse_data_url_json,
     read_body,
-    read_image,
+    read_number,
     url,
 )
 
 # The fields a page may set; the rest (augmentation and its settings) keep their defaults.
-TRAIN_FIELDS = ("hidden", "activation", "batch_size", "optimizer", "learning_rate", "momentum", "schedule",
-                "weight_decay", "dropout", "epochs", "seed", "val_size", "train_size", "dataset")
+TRAIN_FIELDS = (
+    "hidden",
+    "activation",
+    "batch_size",
+    "optimizer",
+    "learning_rate",
+    "momentum",
+    "schedule",
+    "weight_decay",
+    "dropout",
+    "epochs",
+    "seed",
+    "val_size",
+    "train_size",
+    "dataset",
+)
 KEEPALIVE_S = 15.0  # a comment line on a quiet event stream, so a page that has gone is noticed
 STOP_WAIT_S = 5.0  # on Ctrl-C, how long the lab waits for the run training to save its epoch under way
 UVICORN_OPTIONS = {"access_log": False, "log_level": "info", "timeout_graceful_shutdown": 3}
@@ -74,14 +88,19 @@ class LabLimits:
     def check(self, config: TrainConfig) -> None:
         """A ConfigError naming the field and the flag when the config is over a limit."""
         if len(config.hidden) > self.max_depth:
-            raise ConfigError(f"hidden: got {len(config.hidden)} hidden layers; this lab allows at most "
-                              f"{self.max_depth} (digitnet lab --max-depth)")
+            raise ConfigError(
+                f"hidden: got {len(config.hidden)} hidden layers; this lab allows at most "
+                f"{self.max_depth} (digitnet lab --max-depth)"
+            )
         if any(width > self.max_width for width in config.hidden):
-            raise ConfigError(f"hidden: got {list(config.hidden)}; this lab allows at most {self.max_width} neurons "
-                              f"a layer (digitnet lab --max-width)")
+            raise ConfigError(
+                f"hidden: got {list(config.hidden)}; this lab allows at most {self.max_width} neurons "
+                f"a layer (digitnet lab --max-width)"
+            )
         if config.epochs > self.max_epochs:
-            raise ConfigError(f"epochs: got {config.epochs}; this lab allows at most {self.max_epochs} "
-                              "(digitnet lab --max-epochs)")
+            raise ConfigError(
+                f"epochs: got {config.epochs}; this lab allows at most {self.max_epochs} (digitnet lab --max-epochs)"
+            )
 
 
 class DataSets:
@@ -107,8 +126,13 @@ class DataSets:
 class Lab:
     """The lab's state: its runs folder, the training queue, the events, the loaded models and data sets."""
 
-    def __init__(self, runs_dir: str | os.PathLike, limits: LabLimits = LabLimits(),
-                 data: ImageSet | Iterable[ImageSet] = (), data_dir: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        runs_dir: str | os.PathLike,
+        limits: LabLimits = LabLimits(),
+        data: ImageSet | Iterable[ImageSet] = (),
+        data_dir: str | os.PathLike | None = None,
+    ) -> None:
         self.runs_dir = Path(runs_dir)
         self.limits = limits
         self.data = DataSets([data] if isinstance(data, ImageSet) else data, data_dir)
@@ -127,7 +151,7 @@ class Lab:
     def config_of(self, body: Any) -> TrainConfig:
         """The TrainConfig a page asks for, checked by the config itself and then against the lab's limits."""
         if not isinstance(body, dict):
-            raise ConfigError("expected a JSON object of training settings, such as {\"hidden\": [128], \"epochs\": 5}")
+            raise ConfigError('expected a JSON object of training settings, such as {"hidden": [128], "epochs": 5}')
         unknown = sorted(set(body) - set(TRAIN_FIELDS))
         if unknown:
             raise ConfigError(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(TRAIN_FIELDS)}")
@@ -174,14 +198,25 @@ class Lab:
                 row["state"] = last.state
         listed = {row["run"] for row in rows}
         waiting = [job for job in self.queue.snapshot()["waiting"] if job["run"] not in listed]
-        return rows + [{"run": job["run"], "state": "queued", "dataset": job["config"]["dataset"],
-                        "hidden": job["config"]["hidden"]} for job in waiting]
+        return rows + [
+            {
+                "run": job["run"],
+                "state": "queued",
+                "dataset": job["config"]["dataset"],
+                "hidden": job["config"]["hidden"],
+            }
+            for job in waiting
+        ]
 
     def state(self) -> dict[str, Any]:
         """What a page shows first, and again when it reconnects."""
-        return {"type": "state", **self.queue.snapshot(), "limits": dataclasses.asdict(self.limits),
-                "defaults": {name: TrainConfig().to_dict()[name] for name in TRAIN_FIELDS},
-                "datasets": [{"name": d.name, "title": d.title, "classes": list(d.classes)} for d in DATASETS.values()]}
+        return {
+            "type": "state",
+            **self.queue.snapshot(),
+            "limits": dataclasses.asdict(self.limits),
+            "defaults": {name: TrainConfig().to_dict()[name] for name in TRAIN_FIELDS},
+            "datasets": [{"name": d.name, "title": d.title, "classes": list(d.classes)} for d in DATASETS.values()],
+        }
 
     def finished_run(self, name: str):
         """The run folder of a run with a model to show; Conflict while it trains."""
@@ -247,8 +282,11 @@ def create_app(lab: Lab, token: str | None = None) -> FastAPI:
     @app.get("/api/events")
     async def events() -> StreamingResponse:
         """Server-sent events: the state first, then each change as it happens."""
-        return StreamingResponse(event_stream(lab), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            event_stream(lab),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     @app.post("/api/validate")
     async def validate(request: Request) -> dict[str, Any]:
@@ -305,7 +343,8 @@ def create_app(lab: Lab, token: str | None = None) -> FastAPI:
         data = parse_data_url_json(await read_body(request, MAX_BODY_BYTES))
         # A drawing is small and the model loaded: answered here, on the event loop, in about a millisecond.
         predictor = lab.models.cached(folder) or await anyio.to_thread.run_sync(lab.models.predictor, folder)
-        image = read_image(predictor, "drawing", data)  # as the run's data set was made
+        # As the run's data set was made; the activations are of one input, so a drawing is read whole.
+        image = read_number(predictor, "drawing", data, one_digit=True)[0].pixels
         return JSONResponse(drawing_answer(predictor, image))
 
     return app
@@ -350,9 +389,13 @@ class TokenCheck:
         if scope["type"] != "http" or self._carries_token(scope):
             await self.app(scope, receive, send)
             return
-        response = JSONResponse({"detail": "missing or wrong token: open the lab at the address it printed, with "
-                                           "?token=..., or send the header Authorization: Bearer TOKEN"},
-                                status_code=401)
+        response = JSONResponse(
+            {
+                "detail": "missing or wrong token: open the lab at the address it printed, with "
+                "?token=..., or send the header Authorization: Bearer TOKEN"
+            },
+            status_code=401,
+        )
         await response(scope, receive, send)
 
     def _carries_token(self, scope: dict) -> bool:
@@ -388,13 +431,20 @@ class LabServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def run_lab(runs_dir: str | os.PathLike = "runs", host: str = "127.0.0.1", port: int = 8000,
-            token: str | None = None, limits: LabLimits = LabLimits(),
-            data_dir: str | os.PathLike | None = None) -> None:
+def run_lab(
+    runs_dir: str | os.PathLike = "runs",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    limits: LabLimits = LabLimits(),
+    data_dir: str | os.PathLike | None = None,
+) -> None:
     """Serve the lab until Ctrl-C; a run training then saves its epoch under way and stays resumable."""
     if not is_loopback(host) and not token:
-        raise DigitnetError(f"--host {host} lets other machines reach the lab and train on this one; "
-                            "give --token SECRET too (every request must then carry it), or use --host 127.0.0.1")
+        raise DigitnetError(
+            f"--host {host} lets other machines reach the lab and train on this one; "
+            "give --token SECRET too (every request must then carry it), or use --host 127.0.0.1"
+        )
     if not 0 <= port <= 65535:
         raise DigitnetError(f"port: got {port}; allowed: 1 to 65535, or 0 for any free port")
     runs_dir = Path(runs_dir)
@@ -427,5 +477,7 @@ def stop_message(job: Job, runs_dir: Path) -> str:
         return job.message or job.state
     if not job.history:
         return "stopped in its first epoch, before anything was saved"
-    return (f"stopped in epoch {job.epoch}; epochs 1-{len(job.history)} are saved; continue it in the lab or with: "
-            f"digitnet train --resume {runs_dir / job.name}")
+    return (
+        f"stopped in epoch {job.epoch}; epochs 1-{len(job.history)} are saved; continue it in the lab or with: "
+        f"digitnet train --resume {runs_dir / job.name}"
+    )

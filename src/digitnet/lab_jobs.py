@@ -86,9 +86,18 @@ class Job:
 
     def public(self) -> dict[str, Any]:
         """What the page is told of the job."""
-        return {"run": self.name, "state": self.state, "config": self.config.to_dict(), "epochs": self.config.epochs,
-                "epoch": self.epoch, "steps": self.steps, "steps_done": self.steps_done,
-                "history": list(self.history), "message": self.message, "seconds_left": self.seconds_left()}
+        return {
+            "run": self.name,
+            "state": self.state,
+            "config": self.config.to_dict(),
+            "epochs": self.config.epochs,
+            "epoch": self.epoch,
+            "steps": self.steps,
+            "steps_done": self.steps_done,
+            "history": list(self.history),
+            "message": self.message,
+            "seconds_left": self.seconds_left(),
+        }
 
     def seconds_left(self) -> float | None:
         """Time left to the last epoch's end, from the epochs done so far and the steps of the one under way."""
@@ -130,8 +139,16 @@ class LabCallback(Callback):
     def on_progress(self, steps_done: int) -> None:
         job = self.job
         job.steps_done = steps_done
-        self.publish({"type": "progress", "run": job.name, "epoch": job.epoch, "steps_done": steps_done,
-                      "steps": job.steps, "seconds_left": job.seconds_left()})
+        self.publish(
+            {
+                "type": "progress",
+                "run": job.name,
+                "epoch": job.epoch,
+                "steps_done": steps_done,
+                "steps": job.steps,
+                "seconds_left": job.seconds_left(),
+            }
+        )
 
     def on_epoch_end(self, row: dict) -> None:
         job = self.job
@@ -140,8 +157,16 @@ class LabCallback(Callback):
         # When the epoch's work ended (it began just before its `seconds` were counted): the time from there to
         # the page includes saving the checkpoint and sending the event.
         ended = job.epoch_started + row["seconds"]
-        self.publish({"type": "epoch", "run": job.name, "row": row, "epochs": job.config.epochs,
-                      "epoch_ended": ended, "seconds_left": job.seconds_left()})
+        self.publish(
+            {
+                "type": "epoch",
+                "run": job.name,
+                "row": row,
+                "epochs": job.config.epochs,
+                "epoch_ended": ended,
+                "seconds_left": job.seconds_left(),
+            }
+        )
 
     def on_train_end(self, metrics: dict) -> None:
         self.publish({"type": "evaluated", "run": self.job.name, "metrics": metrics})
@@ -159,8 +184,14 @@ def progress_every(config: TrainConfig, data: ImageSet) -> int:
 class TrainingQueue:
     """Trains the submitted jobs one after another, in order, on a worker thread of its own."""
 
-    def __init__(self, runs_dir: Path, data: Callable[[str], ImageSet], events: EventHub, keras_lock: threading.Lock,
-                 max_waiting: int = MAX_WAITING) -> None:
+    def __init__(
+        self,
+        runs_dir: Path,
+        data: Callable[[str], ImageSet],
+        events: EventHub,
+        keras_lock: threading.Lock,
+        max_waiting: int = MAX_WAITING,
+    ) -> None:
         self.runs_dir, self._data, self.events, self._keras_lock = runs_dir, data, events, keras_lock
         self.max_waiting = max_waiting
         self.current: Job | None = None
@@ -178,8 +209,9 @@ class TrainingQueue:
         """Queue a job behind those waiting; QueueFull when MAX_WAITING are waiting already."""
         with self._wakeup:
             if len(self._waiting) >= self.max_waiting:
-                raise QueueFull(f"{len(self._waiting)} runs are waiting already; remove one from the queue, "
-                                "or wait for it to move")
+                raise QueueFull(
+                    f"{len(self._waiting)} runs are waiting already; remove one from the queue, or wait for it to move"
+                )
             self._waiting.append(job)
             self._wakeup.notify()
         self.events.publish({"type": "queued", "job": job.public(), "position": self.position(job)})
@@ -280,8 +312,14 @@ class TrainingQueue:
         try:
             data = self._data(job.config.dataset)
             callback = LabCallback(job, self.events.publish, progress_every(job.config, data), on_built)
-            train_and_evaluate(job.config, self.runs_dir / job.name, data=data, resume=job.resume,
-                               log=lambda line: self._log(job, line), callbacks=[callback])
+            train_and_evaluate(
+                job.config,
+                self.runs_dir / job.name,
+                data=data,
+                resume=job.resume,
+                log=lambda line: self._log(job, line),
+                callbacks=[callback],
+            )
             job.state, job.message = "finished", ""
         except TrainingStopped as err:
             job.state, job.message = "stopped", str(err)

@@ -86,14 +86,25 @@ def summarize(run: RunDir, config: TrainConfig) -> dict[str, Any]:
             pass
     last = history[-1] if history else {}
     return {
-        "run": run.path.name, "dataset": config.dataset, "hidden": list(config.hidden), "depth": len(config.hidden),
-        "width": max(config.hidden, default=0), "activation": "/".join(dict.fromkeys(config.activations)) or "-",
-        "batch_size": config.batch_size, "optimizer": config.optimizer, "learning_rate": config.learning_rate,
-        "epochs": config.epochs, "epochs_done": len(history), "train_size": config.train_size, "seed": config.seed,
+        "run": run.path.name,
+        "dataset": config.dataset,
+        "hidden": list(config.hidden),
+        "depth": len(config.hidden),
+        "width": max(config.hidden, default=0),
+        "activation": "/".join(dict.fromkeys(config.activations)) or "-",
+        "batch_size": config.batch_size,
+        "optimizer": config.optimizer,
+        "learning_rate": config.learning_rate,
+        "epochs": config.epochs,
+        "epochs_done": len(history),
+        "train_size": config.train_size,
+        "seed": config.seed,
         "parameters": parameter_count(config.hidden),
-        "val_accuracy": last.get("val_accuracy"), "test_accuracy": run.test_accuracy(),
+        "val_accuracy": last.get("val_accuracy"),
+        "test_accuracy": run.test_accuracy(),
         "train_seconds": metrics.get("train_seconds", sum(row["seconds"] for row in history)),
-        "state": folder_state(run), "modified": run.file(CONFIG).stat().st_mtime,
+        "state": folder_state(run),
+        "modified": run.file(CONFIG).stat().st_mtime,
     }
 
 
@@ -160,6 +171,7 @@ class RunModels:
 
     def inspection(self, run: RunDir) -> dict[str, Any]:
         """Test accuracy, loss, per-class scores, confusion matrix, the most confident mistakes, the layers."""
+
         def inspect(predictor: Predictor) -> dict[str, Any]:
             return inspect_model(predictor, self._data(predictor.dataset))  # the test set of the run's data set
 
@@ -183,26 +195,41 @@ def inspect_model(predictor: Predictor, data: ImageSet) -> dict[str, Any]:
     images = data.test_images.astype(np.float32) / 255.0
     probabilities = predictor.predict_arrays(images)
     scores = classification_metrics(data.test_labels, probabilities)
-    return {**scores, "dataset": data.dataset, "title": get_dataset(data.dataset).title, "classes": list(data.classes),
-            "layers": describe_layers(predictor),
-            "mistakes": confident_mistakes(probabilities, data.test_labels, data.test_images)}
+    return {
+        **scores,
+        "dataset": data.dataset,
+        "title": get_dataset(data.dataset).title,
+        "classes": list(data.classes),
+        "layers": describe_layers(predictor),
+        "mistakes": confident_mistakes(probabilities, data.test_labels, data.test_images),
+    }
 
 
 def describe_layers(predictor: Predictor) -> list[dict[str, Any]]:
-    return [{"name": name, "units": units, "activation": activation}
-            for name, units, activation in layer_sizes(predictor.model)]
+    return [
+        {"name": name, "units": units, "activation": activation}
+        for name, units, activation in layer_sizes(predictor.model)
+    ]
 
 
-def confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, images: np.ndarray,
-                       count: int = MISTAKES_SHOWN) -> list[dict[str, Any]]:
+def confident_mistakes(
+    probabilities: np.ndarray, labels: np.ndarray, images: np.ndarray, count: int = MISTAKES_SHOWN
+) -> list[dict[str, Any]]:
     """The test images read wrong with the highest probability, most confident first, each as a PNG data URL."""
     predicted = probabilities.argmax(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     confidence = probabilities[wrong, predicted[wrong]]
     worst = wrong[np.argsort(-confidence, kind="stable")[:count]]
-    return [{"index": int(i), "label": int(labels[i]), "predicted": int(predicted[i]),
-             "probability": float(probabilities[i, predicted[i]]),
-             "image": png_data_url(images[i].astype(np.float32) / 255.0)} for i in worst]
+    return [
+        {
+            "index": int(i),
+            "label": int(labels[i]),
+            "predicted": int(predicted[i]),
+            "probability": float(probabilities[i, predicted[i]]),
+            "image": png_data_url(images[i].astype(np.float32) / 255.0),
+        }
+        for i in worst
+    ]
 
 
 def first_layer_weights(predictor: Predictor) -> dict[str, Any]:
@@ -212,8 +239,12 @@ def first_layer_weights(predictor: Predictor) -> dict[str, Any]:
     kernel = np.asarray(layer.kernel, np.float32).T  # (neurons, 784): one row per neuron
     scale = np.abs(kernel).max(axis=1)
     quantized = np.round(kernel / np.where(scale > 0, scale, 1)[:, None] * 127).astype(np.int8)
-    return {"layer": layer.name, "neurons": int(kernel.shape[0]), "scale": scale.tolist(),
-            "weights": base64.b64encode(quantized.tobytes()).decode("ascii")}
+    return {
+        "layer": layer.name,
+        "neurons": int(kernel.shape[0]),
+        "scale": scale.tolist(),
+        "weights": base64.b64encode(quantized.tobytes()).decode("ascii"),
+    }
 
 
 def drawing_answer(predictor: Predictor, image: np.ndarray) -> dict[str, Any]:
@@ -224,7 +255,9 @@ def drawing_answer(predictor: Predictor, image: np.ndarray) -> dict[str, Any]:
     label = int(np.argmax(probabilities))
     names = describe_layers(predictor)[1:]
     return {
-        "label": label, "class": predictor.classes[label], "probability": float(probabilities[label]),
+        "label": label,
+        "class": predictor.classes[label],
+        "probability": float(probabilities[label]),
         "probabilities": [float(p) for p in probabilities],
         "layers": [{**name, "values": np.round(values[0], 4).tolist()} for name, values in zip(names, layers or [])],
         "preprocessed": png_data_url(image),

@@ -57,14 +57,19 @@ class TransposedGlorotUniform(keras.initializers.GlorotUniform):
 
 
 def load_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:
-    """The model of a run folder or of a .keras file, checked to read MNIST digits: 784 pixels in, 10 probabilities out."""
+    """The model of a run folder or of a .keras file, checked to read MNIST digits: 784 pixels in, 10 probabilities
+    out."""
     file = model_file(path)
     if not zipfile.is_zipfile(file):  # Keras reports these as "File not found", which misleads
-        raise DigitnetError(f"model: {file} is not a Keras model (a .keras file is a zip archive); retrain or pick another file")
+        raise DigitnetError(
+            f"model: {file} is not a Keras model (a .keras file is a zip archive); retrain or pick another file"
+        )
     try:
         model = keras.saving.load_model(file, compile=compile)
     except Exception as err:  # Keras raises many types for a bad file; all mean the same to the user
-        raise DigitnetError(f"model: cannot load {file} ({type(err).__name__}: {err}); retrain or pick another file") from None
+        raise DigitnetError(
+            f"model: cannot load {file} ({type(err).__name__}: {err}); retrain or pick another file"
+        ) from None
     check_digit_model(model, file)
     return model
 
@@ -75,12 +80,19 @@ def check_digit_model(model: keras.Model, file: os.PathLike) -> None:
     if not all(isinstance(shape, tuple) for shape in shapes):
         raise DigitnetError(f"model: {file} has several inputs or outputs; digitnet reads models with one of each")
     if tuple(shapes[0][1:]) != (N_PIXELS,):
-        raise DigitnetError(f"model: {file} takes inputs of shape {shapes[0][1:]}, not MNIST's ({N_PIXELS},); give a digitnet model")
+        raise DigitnetError(
+            f"model: {file} takes inputs of shape {shapes[0][1:]}, not MNIST's ({N_PIXELS},); give a digitnet model"
+        )
     if tuple(shapes[1][1:]) != (N_CLASSES,):
-        raise DigitnetError(f"model: {file} gives outputs of shape {shapes[1][1:]}, not the {N_CLASSES} digit classes; give a digitnet model")
+        raise DigitnetError(
+            f"model: {file} gives outputs of shape {shapes[1][1:]}, not the {N_CLASSES} digit classes; "
+            "give a digitnet model"
+        )
     last = model.layers[-1] if model.layers else None
     if not (isinstance(last, keras.layers.Softmax) or getattr(last, "activation", None) is keras.activations.softmax):
-        raise DigitnetError(f"model: {file} does not end in a softmax, so its outputs are not probabilities; give a digitnet model")
+        raise DigitnetError(
+            f"model: {file} does not end in a softmax, so its outputs are not probabilities; give a digitnet model"
+        )
 
 
 def layer_sizes(model: keras.Model) -> list[tuple[str, int, str]]:

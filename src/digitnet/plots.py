@@ -26,7 +26,14 @@ HEAD, TAIL = 4, 3  # circles drawn above and below the ellipsis of a large layer
 TRAIN_COLOR, VAL_COLOR = "#1f77b4", "#ff7f0e"
 PRECISION_COLOR, RECALL_COLOR = "#4c72b0", "#dd8452"
 LAYER_COLORS = {"input": "#8c8c8c", "hidden": "#4c72b0", "output": "#dd8452"}
-ACTIVATION_NAMES = {"relu": "ReLU", "elu": "ELU", "selu": "SELU", "gelu": "GELU", "leaky_relu": "leaky ReLU", "silu": "swish"}
+ACTIVATION_NAMES = {
+    "relu": "ReLU",
+    "elu": "ELU",
+    "selu": "SELU",
+    "gelu": "GELU",
+    "leaky_relu": "leaky ReLU",
+    "silu": "swish",
+}
 
 Layer = tuple[str, int, str]  # (name, units, activation), as returned by digitnet.model.layer_sizes
 
@@ -42,8 +49,9 @@ def count_params(layers: Sequence[Layer]) -> int:
     return sum((fan_in + 1) * fan_out for (_, fan_in, _), (_, fan_out, _) in zip(layers, layers[1:]))
 
 
-def plot_network(layers: Sequence[Layer], path: Path, n_params: int | None = None,
-                 classes: Sequence[str] | None = None) -> Path:
+def plot_network(
+    layers: Sequence[Layer], path: Path, n_params: int | None = None, classes: Sequence[str] | None = None
+) -> Path:
     """The layer diagram: one column of neurons per layer, joined by their connections; output neurons named by
     `classes` (default: the digits)."""
     n_params = count_params(layers) if n_params is None else n_params
@@ -57,15 +65,22 @@ def plot_network(layers: Sequence[Layer], path: Path, n_params: int | None = Non
     for i, (layer, rows) in enumerate(zip(layers, columns)):
         _draw_layer(ax, i, layer, rows, _layer_kind(i, len(layers)), class_labels(classes)[0])
     for i, ((_, fan_in, _), (_, fan_out, _)) in enumerate(zip(layers, layers[1:])):
-        ax.text(i + 0.5, 5.4, f"{(fan_in + 1) * fan_out:,}\nparams", ha="center", va="bottom", fontsize=8, color="#666666")
+        ax.text(
+            i + 0.5, 5.4, f"{(fan_in + 1) * fan_out:,}\nparams", ha="center", va="bottom", fontsize=8, color="#666666"
+        )
     sizes = "-".join(str(units) for _, units, _ in layers)
     ax.set_title(f"Network {sizes}: {n_params:,} parameters (weights and biases)", fontsize=13, pad=12)
     ax.text(
-        (len(layers) - 1) / 2, -8.1,
+        (len(layers) - 1) / 2,
+        -8.1,
         "Circles are neurons (large layers: a few, \u22ee, and the layer's size);"
         + ("\n" if len(layers) < 5 else " ")  # narrow diagrams wrap the note rather than widen the figure
         + "each line is a weight: every neuron feeds every neuron of the next layer.",
-        ha="center", va="top", fontsize=8.5, color="#555555", style="italic",
+        ha="center",
+        va="top",
+        fontsize=8.5,
+        color="#555555",
+        style="italic",
     )
     ax.set_xlim(-0.6, len(layers) - 0.4)
     ax.set_ylim(-8.7, 6.4)
@@ -80,8 +95,17 @@ def _draw_layer(ax, x: int, layer: Layer, rows: list[float], kind: str, names: S
     if units > MAX_DRAWN:
         middle = (rows[HEAD - 1] + rows[HEAD]) / 2
         ax.text(x, middle, "\u22ee", ha="center", va="center", fontsize=22, zorder=3)
-        ax.text(x + 0.1, middle, f"{units:,}", ha="left", va="center", fontsize=9, fontweight="bold", zorder=4,
-                bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none"})
+        ax.text(
+            x + 0.1,
+            middle,
+            f"{units:,}",
+            ha="left",
+            va="center",
+            fontsize=9,
+            fontweight="bold",
+            zorder=4,
+            bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none"},
+        )
     ax.text(x, -5.6, _layer_title(name, kind), ha="center", va="top", fontsize=11, fontweight="bold")
     ax.text(x, -6.25, _layer_caption(units, activation, kind), ha="center", va="top", fontsize=9.5, linespacing=1.4)
     if kind == "output" and units <= MAX_DRAWN:
@@ -116,8 +140,14 @@ def _layer_caption(units: int, activation: str, kind: str) -> str:
     return f"{units:,} {neurons}\n{ACTIVATION_NAMES.get(activation, activation)}"
 
 
-def plot_samples(images: np.ndarray, labels: Sequence[int], path: Path, n: int = 40, cols: int = 10,
-                 classes: Sequence[str] | None = None) -> Path:
+def plot_samples(
+    images: np.ndarray,
+    labels: Sequence[int],
+    path: Path,
+    n: int = 40,
+    cols: int = 10,
+    classes: Sequence[str] | None = None,
+) -> Path:
     """A grid of the first n images, each titled with its label (a digit) or its class's name."""
     names, noun = class_labels(classes)
     n = min(n, len(images))
@@ -184,7 +214,9 @@ def _mark_best(ax, epochs: list[int], history: Sequence[Mapping[str, float]]) ->
         return
     best = int(np.argmax([float(v) for v in values]))
     label = f"best validation: {float(values[best]):.2%} (epoch {epochs[best]})"
-    ax.plot([epochs[best]], [float(values[best])], marker="*", markersize=14, color=VAL_COLOR, linestyle="none", label=label)
+    ax.plot(
+        [epochs[best]], [float(values[best])], marker="*", markersize=14, color=VAL_COLOR, linestyle="none", label=label
+    )
     ax.legend(loc="lower right")
 
 
@@ -197,14 +229,22 @@ def plot_confusion(matrix: Sequence[Sequence[int]], path: Path, classes: Sequenc
     _draw_counts(fig, count_ax, counts, noun)
     _draw_shares(fig, share_ax, counts, noun)
     for ax in (count_ax, share_ax):
-        ax.set_xticks(range(len(counts)), names[: len(counts)], rotation=0 if noun == "digit" else 45,
-                      ha="center" if noun == "digit" else "right", rotation_mode="anchor")
+        ax.set_xticks(
+            range(len(counts)),
+            names[: len(counts)],
+            rotation=0 if noun == "digit" else 45,
+            ha="center" if noun == "digit" else "right",
+            rotation_mode="anchor",
+        )
         ax.set_yticks(range(len(counts)), names[: len(counts)])
         ax.set_xlabel(f"predicted {noun}", fontsize=11)
         ax.set_ylabel(f"true {noun}", fontsize=11)
         ax.tick_params(length=0, labelsize=10)
     n, correct = int(counts.sum()), int(np.trace(counts))
-    fig.suptitle(f"Confusion matrix on {n:,} test images: {correct:,} correct ({correct / max(n, 1):.2%}); blank = 0", fontsize=13)
+    fig.suptitle(
+        f"Confusion matrix on {n:,} test images: {correct:,} correct ({correct / max(n, 1):.2%}); blank = 0",
+        fontsize=13,
+    )
     return _save(fig, path)
 
 
@@ -229,8 +269,9 @@ def _draw_shares(fig: Figure, ax, counts: np.ndarray, noun: str) -> None:
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label=f"% of the true {noun}'s images (mistakes)")
     labels = [[_percent_label(s, c) for s, c in zip(srow, crow)] for srow, crow in zip(shares, counts)]
     _annotate_cells(ax, labels, diagonal | (image.norm(shares) > 0.6))
-    ax.set_title(f"Row-normalized: % of each true {noun}\n(green: read correctly; red: read as another {noun})",
-                 fontsize=12)
+    ax.set_title(
+        f"Row-normalized: % of each true {noun}\n(green: read correctly; red: read as another {noun})", fontsize=12
+    )
 
 
 def _percent_label(share: float, count: int) -> str:
@@ -246,7 +287,12 @@ def _annotate_cells(ax, labels: list[list[str]], dark: np.ndarray) -> None:
 
 
 def plot_errors(
-    images: np.ndarray, labels: Sequence[int], probs: np.ndarray, path: Path, n: int = 20, cols: int = 5,
+    images: np.ndarray,
+    labels: Sequence[int],
+    probs: np.ndarray,
+    path: Path,
+    n: int = 20,
+    cols: int = 5,
     classes: Sequence[str] | None = None,
 ) -> Path:
     """The n mistakes the model was most sure of, with the true label, its guess and its confidence."""
@@ -265,17 +311,24 @@ def plot_errors(
         _show_digit(ax, images[k])
         true, guess = labels[k], predicted[k]
         if noun == "digit":
-            title = (f"true {true}, predicted {guess}\np({guess}) {_probability(probs[k, guess])}  \u00b7  "
-                     f"p({true}) {_probability(probs[k, true])}")
+            title = (
+                f"true {true}, predicted {guess}\np({guess}) {_probability(probs[k, guess])}  \u00b7  "
+                f"p({true}) {_probability(probs[k, true])}"
+            )
         else:  # names are long: one line for each
-            title = (f"true: {names[true]}\nread as: {names[guess]}\np {_probability(probs[k, guess])}  \u00b7  "
-                     f"p(true) {_probability(probs[k, true])}")
+            title = (
+                f"true: {names[true]}\nread as: {names[guess]}\np {_probability(probs[k, guess])}  \u00b7  "
+                f"p(true) {_probability(probs[k, true])}"
+            )
         ax.set_title(title, fontsize=8.5, pad=4)
     if not len(worst):
-        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14, transform=axes.flat[0].transAxes)
+        axes.flat[0].text(
+            0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14, transform=axes.flat[0].transAxes
+        )
     fig.suptitle(
         f"The {len(worst)} most confident mistakes, of {len(wrong):,} among {len(labels):,} test images\n"
-        "p(d): the probability the model gave to digit d" if noun == "digit"
+        "p(d): the probability the model gave to digit d"
+        if noun == "digit"
         else "p: the probability the model gave to its answer; p(true): to the true class",
         fontsize=12,
     )
@@ -283,7 +336,10 @@ def plot_errors(
 
 
 def plot_per_class(
-    precision: Sequence[float], recall: Sequence[float], path: Path, accuracy: float | None = None,
+    precision: Sequence[float],
+    recall: Sequence[float],
+    path: Path,
+    accuracy: float | None = None,
     classes: Sequence[str] | None = None,
 ) -> Path:
     """Precision and recall of each class as grouped bars, the y-axis zoomed to where they differ."""
@@ -293,7 +349,10 @@ def plot_per_class(
     fig = Figure(figsize=(11, 4.8), dpi=DPI)
     ax = fig.add_subplot()
     width = 0.4
-    for offset, values, name, color in ((-width / 2, precision, "precision", PRECISION_COLOR), (width / 2, recall, "recall", RECALL_COLOR)):
+    for offset, values, name, color in (
+        (-width / 2, precision, "precision", PRECISION_COLOR),
+        (width / 2, recall, "recall", RECALL_COLOR),
+    ):
         bars = ax.bar(digits + offset, values, width, label=name, color=color)
         ax.bar_label(bars, labels=[f"{100 * v:.1f}" for v in values], fontsize=7.5, padding=2)
     # Start the axis a little below the weakest bar, on a round percentage, so differences of 1% are visible.
@@ -308,8 +367,9 @@ def plot_per_class(
     ax.set_xlabel(noun, fontsize=11)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
-    ax.set_title(f"Precision and recall per {noun} on the test set, in % (the y-axis starts at {bottom:.0%})",
-                 fontsize=12)
+    ax.set_title(
+        f"Precision and recall per {noun} on the test set, in % (the y-axis starts at {bottom:.0%})", fontsize=12
+    )
     return _save(fig, path)
 
 
@@ -348,8 +408,11 @@ def plot_sweep(cells: Sequence[dict], path: Path, suffix: str = "") -> Path:
             line_ax.set_title(f"Test accuracy against width, one seed per cell{group_name}", fontsize=11)
     n_seeds = sorted({c["n"] for c in cells})
     seeds = counted(n_seeds[0], "seed") if len(n_seeds) == 1 else f"{'/'.join(map(str, n_seeds))} seeds"
-    fig.suptitle(f"Neurons x hidden layers{suffix}: {counted(sum(c['n'] for c in cells), 'trial')}, "
-                 f"{seeds} per cell; outlined: best cell by validation accuracy", fontsize=13)
+    fig.suptitle(
+        f"Neurons x hidden layers{suffix}: {counted(sum(c['n'] for c in cells), 'trial')}, "
+        f"{seeds} per cell; outlined: best cell by validation accuracy",
+        fontsize=13,
+    )
     return _save(fig, path, tight=False)
 
 
@@ -375,8 +438,15 @@ def _draw_heatmap(fig: Any, ax: Any, group: Sequence[dict], best: dict) -> None:
             # A cell with fewer seeds than the others (a sweep still running) says so; one seed gives no spread.
             count = f"\nn={counts[i, j]:.0f}" if counts[i, j] < np.nanmax(counts) or counts[i, j] < MIN_SEEDS else ""
             std = f"\n± {100 * stds[i, j]:.2f}" if counts[i, j] >= MIN_SEEDS else ""
-            ax.text(j, i, f"{100 * mean:.2f}{std}{count}", ha="center", va="center", fontsize=9,
-                    color="white" if dark else "black")
+            ax.text(
+                j,
+                i,
+                f"{100 * mean:.2f}{std}{count}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if dark else "black",
+            )
     if best in group:
         j, i = widths.index(best["width"]), depths.index(best["depth"])
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#e8000b", linewidth=2.5))
@@ -393,7 +463,7 @@ def _draw_width_lines(ax: Any, group: Sequence[dict]) -> None:
     _, _, stds = _grid(group, "test_accuracy_std")
     for row, depth in enumerate(depths):
         mean, std = 100 * means[row], 100 * stds[row]
-        line, = ax.plot(widths, mean, marker="o", markersize=5, label=layers(depth))
+        (line,) = ax.plot(widths, mean, marker="o", markersize=5, label=layers(depth))
         ax.fill_between(widths, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xscale("log", base=2)
     ax.set_xticks(widths, [str(w) for w in widths])
@@ -402,4 +472,3 @@ def _draw_width_lines(ax: Any, group: Sequence[dict]) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-

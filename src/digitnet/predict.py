@@ -19,10 +19,18 @@ from PIL import Image
 from digitnet.clothes import NOTE, prepare_clothing
 from digitnet.data import class_names, trained_dataset
 from digitnet.errors import DigitnetError
-from digitnet.model import (N_CLASSES, layer_sizes, load_model, make_numpy_activations_fn, make_numpy_predict_fn,
-                            make_predict_fn)
-from digitnet.preprocess import ImageError, preprocess
+from digitnet.images import ImageError
+from digitnet.model import (
+    N_CLASSES,
+    layer_sizes,
+    load_model,
+    make_numpy_activations_fn,
+    make_numpy_predict_fn,
+    make_predict_fn,
+)
+from digitnet.preprocess import preprocess
 from digitnet.run import MODEL, RunDir, model_file
+from digitnet.segment import Digit, read_digits
 
 # XLA compiles once per input shape: padding every batch up to one of these sizes keeps it to four
 # compilations, all done at load time, so no request ever waits for the compiler. (Only for networks
@@ -60,6 +68,13 @@ class Predictor:
             return prepare_clothing(source)
         return preprocess(source, require_ink=True)
 
+    def read(self, source: str | os.PathLike | bytes, one_digit: bool = False) -> list[Digit]:
+        """The inputs in an image, each as the network reads it: the digits of a number, left to right (with
+        `one_digit`, the whole ink as one), or a photo of clothes, whole. ImageError if it cannot be read."""
+        if self.dataset == "fashion-mnist":
+            return [Digit(prepare_clothing(source), None)]
+        return read_digits(source, one=one_digit)
+
     @property
     def note(self) -> str | None:
         """What `predict` says it does to the images, where it is not MNIST's preprocessing."""
@@ -93,30 +108,51 @@ class Predictor:
         sources: Sequence[str | os.PathLike | bytes],
         names: Sequence[str] | None = None,
         save_dir: str | os.PathLike | None = None,
+        one_digit: bool = False,
     ) -> list[dict[str, Any]]:
-        """One result per source, in order: a prediction, or {"file", "error"} for an unreadable image.
+        """One result per source, in order: a reading (see `reading`), or {"file", "error"} for an unreadable image.
 
         `names` label the results (default: the path as given); `save_dir`, when set, receives the
-        28x28 PNG that the network saw for each readable image, and its path goes in the result's "preprocessed".
+        28x28 PNG that the network saw for each digit, and its path goes in the digit's "preprocessed".
+        With `one_digit`, each image is read as one digit, however its ink is laid out.
         """
         sources = list(sources)
         names = list(names) if names is not None else [source_name(s, i) for i, s in enumerate(sources)]
         if len(names) != len(sources):
             raise ValueError(f"got {len(names)} names for {len(sources)} sources")
-        images, errors = read_images(sources, self.prepare)
-        good = sorted(images)
-        probabilities = dict(zip(good, self.predict_arrays(np.stack([images[i] for i in good])))) if good else {}
-        saved = {}
-        if save_dir is not None:
-            saved = dict(zip(good, save_images([images[i] for i in good], [names[i] for i in good], Path(save_dir))))
-        results = [
-            prediction(name, probabilities[i], self.classes) if i in probabilities
-            else {"file": name, "error": errors[i]}
-            for i, name in enumerate(names)
-        ]
-        for i, path in saved.items():  # which file holds which input's 28x28 image: names may repeat
-            results[i]["preprocessed"] = str(path)
+        numbers, errors = read_numbers(sources, partial(self.read, one_digit=one_digit))
+        digits = [digit for i in sorted(numbers) for digit in numbers[i]]
+        probabilities = iter(self.predict_arrays(np.stack([d.pixels for d in digits])) if digits else [])
+        saved = iter(self._save(numbers, names, save_dir) if save_dir is not None else [])
+        results = []
+        for i, name in enumerate(names):
+            if i not in numbers:
+                results.append({"file": name, "error": errors[i]})
+                continue
+            count = len(numbers[i])
+            paths = [str(next(saved)) for _ in range(count)] if save_dir is not None else None
+            results.append(
+                reading(
+                    name,
+                    numbers[i],
+                    [next(probabilities) for _ in range(count)],
+                    paths,
+                    self.classes,
+                    number=self.dataset != "fashion-mnist",
+                )
+            )
         return results
+
+    @staticmethod
+    def _save(numbers: dict[int, list[Digit]], names: Sequence[str], save_dir: str | os.PathLike) -> list[Path]:
+        """Write each digit's 28x28 image, in the order of predict_sources: NAME_28x28.png, or NAME_1_28x28.png,
+        NAME_2_28x28.png, ... for the digits of a number."""
+        images, stems = [], []
+        for i in sorted(numbers):
+            for place, digit in enumerate(numbers[i], start=1):
+                images.append(digit.pixels)
+                stems.append(names[i] if len(numbers[i]) == 1 else f"{Path(names[i]).stem}_{place}.png")
+        return save_images(images, stems, Path(save_dir))
 
     @functools.cached_property
     def _activations(self) -> Any:
@@ -152,27 +188,62 @@ def source_name(source: str | os.PathLike | bytes, index: int) -> str:
     return f"<bytes #{index}>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
 
 
-def read_images(sources: Iterable[str | os.PathLike | bytes],
-                prepare: Callable[[Any], np.ndarray] = partial(preprocess, require_ink=True),
-                ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """Images prepared for the network (28x28) by position, and an error message for each source that failed."""
-    images: dict[int, np.ndarray] = {}
+def read_numbers(
+    sources: Iterable[str | os.PathLike | bytes], read: Callable[[Any], list[Digit]] = read_digits
+) -> tuple[dict[int, list[Digit]], dict[int, str]]:
+    """What `read` finds in each readable source (digits, left to right), by position, and an error message for
+    each source that failed."""
+    numbers: dict[int, list[Digit]] = {}
     errors: dict[int, str] = {}
     for i, source in enumerate(sources):
         try:
-            images[i] = prepare(source)
+            numbers[i] = read(source)
         except ImageError as err:
             errors[i] = str(err)
         except OSError as err:  # e.g. a folder or an unreadable file given as an image
             errors[i] = f"cannot read {source_name(source, i)}: {err.strerror or err}"
-    return images, errors
+    return numbers, errors
 
 
 def prediction(name: str, probabilities: np.ndarray, classes: Sequence[str] = class_names("mnist")) -> dict[str, Any]:
-    """The result object for one image, as `digitnet predict --json` prints it: the label and its class's name."""
+    """The result object for one input: its label and class name, that label's probability and all ten."""
     probs = [float(p) for p in probabilities]
     label = int(np.argmax(probabilities))
     return {"file": name, "label": label, "class": classes[label], "probability": probs[label], "probabilities": probs}
+
+
+def reading(
+    name: str,
+    digits: Sequence[Digit],
+    probabilities: Sequence[np.ndarray],
+    preprocessed: Sequence[str] | None = None,
+    classes: Sequence[str] = class_names("mnist"),
+    number: bool = True,
+) -> dict[str, Any]:
+    """The result object for one image, as `digitnet predict --json` prints it.
+
+    "number" is the digits read left to right, as a string; "digits" gives each one's label, class, probabilities,
+    "box" (left, top, right, bottom in the image's pixels) and, when saved, "preprocessed". An image of one
+    digit, the common case, also has that digit's "label", "class", "probability" and "probabilities" at the top
+    (and its "preprocessed"), as a reader of single digits expects. Without `number` (a photo of clothes, read
+    whole) the result is that one object alone.
+    """
+    each = []
+    for digit, probs, place in zip(digits, probabilities, range(len(digits))):
+        entry = prediction(name, probs, classes)
+        del entry["file"]
+        if digit.box is not None:
+            entry["box"] = list(digit.box)
+        if preprocessed is not None:
+            entry["preprocessed"] = preprocessed[place]
+        each.append(entry)
+    result: dict[str, Any] = {"file": name}
+    if len(each) == 1:
+        result.update({key: value for key, value in each[0].items() if key != "box"})
+    if number:
+        result["number"] = "".join(str(entry["label"]) for entry in each)
+        result["digits"] = each
+    return result
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -189,7 +260,10 @@ def save_images(images: Sequence[np.ndarray], names: Sequence[str], out_dir: Pat
         raise DigitnetError(f"save-preprocessed: {out_dir} is a file; give a folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        return [_write_new_file(out_dir, _safe_stem(name) + "_28x28", encode_png(image)) for image, name in zip(images, names)]
+        return [
+            _write_new_file(out_dir, _safe_stem(name) + "_28x28", encode_png(image))
+            for image, name in zip(images, names)
+        ]
     except OSError as err:
         raise DigitnetError(f"save-preprocessed: cannot write into {out_dir}: {err.strerror or err}") from None
 

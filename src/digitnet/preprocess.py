@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from digitnet.framing import FRAME, digit_pieces, frame_digit
+from digitnet.framing import digit_pieces, frame_digit
 from digitnet.images import ALPHA_MODES, DEEP_MODES, MAX_PIXELS, MODES, ImageError, as_file, decode, load_image
 
 __all__ = ["MAX_PIXELS", "ImageError", "load_image", "preprocess", "to_mnist"]
@@ -104,9 +104,16 @@ def preprocess(source: bytes | str | os.PathLike, *, require_ink: bool = False) 
     """
     pixels = _to_mnist(decode(source))
     if require_ink and not pixels.any():
-        raise ImageError(f"{as_file(source)[1]} shows no digit: it is blank, or its strokes are too faint to tell "
-                         "from the background; write or draw darker")
+        raise no_digit(source)
     return pixels
+
+
+def no_digit(source: bytes | str | os.PathLike) -> ImageError:
+    """The error for an image with no ink to read."""
+    return ImageError(
+        f"{as_file(source)[1]} shows no digit: it is blank, or its strokes are too faint to tell "
+        "from the background; write or draw darker"
+    )
 
 
 # Colour ----------------------------------------------------------------------------------------------
@@ -270,7 +277,8 @@ def _flat_level(grey: np.ndarray) -> int | None:
 
 
 def _light_ink(rgb: np.ndarray, typical: np.ndarray | None = None) -> bool:
-    """Whether the ink is lighter than the paper (of colour typical, else _typical_colour's): the lighter tail deviates more."""
+    """Whether the ink is lighter than the paper (of colour typical, else _typical_colour's): the lighter tail
+    deviates more."""
     sample = rgb[::2, ::2]  # a quarter of the pixels is plenty for a tail
     if typical is None:
         typical = _resized(_typical_colour(rgb), sample.shape[1::-1], Image.Resampling.BILINEAR)
@@ -289,7 +297,9 @@ def _typical_colour(rgb: np.ndarray) -> np.ndarray:
     height, width, _ = rgb.shape
     small = _resized(rgb, _fit_size(width, height, TYPICAL_SIDE), Image.Resampling.BOX)
     side = max(1, round(TYPICAL_WINDOW * TYPICAL_SIDE))
-    return np.stack([ndimage.median_filter(small[:, :, c], size=side, mode="nearest") for c in range(small.shape[2])], axis=2)
+    return np.stack(
+        [ndimage.median_filter(small[:, :, c], size=side, mode="nearest") for c in range(small.shape[2])], axis=2
+    )
 
 
 def _paper(rgb: np.ndarray) -> np.ndarray:
@@ -314,8 +324,13 @@ def _resized(rgb: np.ndarray, size: tuple[int, int], resample: Image.Resampling)
     """An (H, W, C) float32 array resized channel by channel to size (width, height)."""
     if rgb.shape[1::-1] == tuple(size):
         return rgb.astype(np.float32)
-    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(rgb[:, :, c], np.float32), "F").resize(size, resample))
-                     for c in range(rgb.shape[2])], axis=2)
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(np.ascontiguousarray(rgb[:, :, c], np.float32), "F").resize(size, resample))
+            for c in range(rgb.shape[2])
+        ],
+        axis=2,
+    )
 
 
 def _quadratic_surface(small: np.ndarray) -> np.ndarray:
@@ -346,7 +361,9 @@ def _quadratic_surface(small: np.ndarray) -> np.ndarray:
 
 def _quadratic_basis(height: int, width: int) -> np.ndarray:
     """The terms 1, x, y, x^2, xy, y^2 at each pixel of a height x width grid, x and y in [-1, 1]: (H*W, 6)."""
-    y, x = np.meshgrid(np.linspace(-1, 1, height, dtype=np.float32), np.linspace(-1, 1, width, dtype=np.float32), indexing="ij")
+    y, x = np.meshgrid(
+        np.linspace(-1, 1, height, dtype=np.float32), np.linspace(-1, 1, width, dtype=np.float32), indexing="ij"
+    )
     x, y = x.ravel(), y.ravel()
     return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
 

@@ -21,10 +21,11 @@ from digitnet import plots
 from digitnet.config import TrainConfig
 from digitnet.data import Mnist, expect_dataset, get_dataset, load_dataset
 from digitnet.errors import DigitnetError
-from digitnet.files import write_atomic
 from digitnet.evaluate import evaluate_run, predict_probabilities
+from digitnet.files import write_atomic
 from digitnet.model import N_CLASSES, N_PIXELS, layer_sizes, load_model
 from digitnet.run import EVALUATION, METRICS, MODEL, PLOTS, REPORT, RunDir
+
 PLOT_FILES = ("network", "curves", "confusion", "per_class", "errors", "samples")  # PNG names, in report order
 
 METRIC_LABELS = {
@@ -104,7 +105,9 @@ def load_or_evaluate(run: RunDir, data: Mnist) -> dict:
     return evaluate_run(run.path, data=data)
 
 
-def draw_plots(plot_dir: Path, model: keras.Model, history: list[dict], evaluation: dict, data: Mnist) -> dict[str, Path]:
+def draw_plots(
+    plot_dir: Path, model: keras.Model, history: list[dict], evaluation: dict, data: Mnist
+) -> dict[str, Path]:
     """Save the six PNGs of a run into plot_dir; returns their paths by name."""
     scores, classes = evaluation["per_class"], data.classes
     probabilities = predict_probabilities(model, data.test_images)
@@ -113,10 +116,12 @@ def draw_plots(plot_dir: Path, model: keras.Model, history: list[dict], evaluati
         "samples": plots.plot_samples(data.train_images, data.train_labels, plot_dir / "samples.png", classes=classes),
         "curves": plots.plot_curves(history, plot_dir / "curves.png"),
         "confusion": plots.plot_confusion(evaluation["confusion_matrix"], plot_dir / "confusion.png", classes),
-        "per_class": plots.plot_per_class(scores["precision"], scores["recall"], plot_dir / "per_class.png",
-                                          evaluation["accuracy"], classes),
-        "errors": plots.plot_errors(data.test_images, data.test_labels, probabilities, plot_dir / "errors.png",
-                                    classes=classes),
+        "per_class": plots.plot_per_class(
+            scores["precision"], scores["recall"], plot_dir / "per_class.png", evaluation["accuracy"], classes
+        ),
+        "errors": plots.plot_errors(
+            data.test_images, data.test_labels, probabilities, plot_dir / "errors.png", classes=classes
+        ),
     }
     return {name: paths[name] for name in PLOT_FILES}
 
@@ -146,10 +151,10 @@ def render_html(
     body = f"""
 <header>
   <h1>Run <code>{_e(name)}</code></h1>
-  <p class="lede">A {_e(sizes)} network ({_e(activations)}), trained for {metrics.get('epochs', config.epochs)} epochs
+  <p class="lede">A {_e(sizes)} network ({_e(activations)}), trained for {metrics.get("epochs", config.epochs)} epochs
   with {_e(config.optimizer)} at learning rate {config.learning_rate:g} and batch size {_e(config.batch_size)}{on}.</p>
   {_cards(metrics, evaluation)}
-  <nav>{' '.join(f'<a href="#{key}">{_e(TITLES[key].format(noun=noun))}</a>' for key in images)}
+  <nav>{" ".join(f'<a href="#{key}">{_e(TITLES[key].format(noun=noun))}</a>' for key in images)}
   <a href="#metrics">Metrics</a> <a href="#config">Configuration</a> <a href="#summary">Model summary</a></nav>
 </header>
 <main>
@@ -157,11 +162,12 @@ def render_html(
   <div class="pair">
   <section id="metrics"><h2>Metrics</h2>{_metrics_table(metrics)}</section>
   <section id="config"><h2>Configuration</h2>{_config_table(config)}
-  <p class="note">Values in bold differ from the defaults. The run can be rebuilt from its <code>config.json</code>.</p></section>
+  <p class="note">Values in bold differ from the defaults. \
+The run can be rebuilt from its <code>config.json</code>.</p></section>
   </div>
   <section id="summary"><h2>Model summary</h2><pre>{_e(summary)}</pre></section>
 </main>
-<footer>Written by digitnet {_e(digitnet.__version__)} on {time.strftime('%Y-%m-%d %H:%M')}.</footer>"""
+<footer>Written by digitnet {_e(digitnet.__version__)} on {time.strftime("%Y-%m-%d %H:%M")}.</footer>"""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -182,7 +188,8 @@ def _e(value: Any) -> str:
 
 
 def _figure(key: str, path: Path, extra: str = "", noun: str = "digit") -> str:
-    """One picture, embedded as a base64 data URI, with its title, a caption that says how to read it, and extra HTML."""
+    """One picture, embedded as a base64 data URI, with its title, a caption that says how to read it, and extra
+    HTML."""
     encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     title, caption = TITLES[key].format(noun=noun), CAPTIONS[key].format(noun=noun)
     return (
@@ -199,13 +206,21 @@ def _cards(metrics: dict, evaluation: dict) -> str:
         ("test accuracy", f"{evaluation['accuracy']:.2%}", f"{correct:,} of {evaluation['n']:,} test images"),
         ("test loss", f"{evaluation['loss']:.4f}", "mean cross-entropy"),
         ("parameters", f"{metrics['params']:,}" if "params" in metrics else "?", "weights and biases"),
-        ("training time", _format_metric("train_seconds", metrics.get("train_seconds", "?")), f"{metrics.get('epochs', '?')} epochs"),
+        (
+            "training time",
+            _format_metric("train_seconds", metrics.get("train_seconds", "?")),
+            f"{metrics.get('epochs', '?')} epochs",
+        ),
     ]
-    return '<div class="cards">' + "".join(
-        f'<div class="card"><div class="label">{_e(label)}</div><div class="value">{_e(value)}</div>'
-        f'<div class="sub">{_e(sub)}</div></div>'
-        for label, value, sub in tiles
-    ) + "</div>"
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card"><div class="label">{_e(label)}</div><div class="value">{_e(value)}</div>'
+            f'<div class="sub">{_e(sub)}</div></div>'
+            for label, value, sub in tiles
+        )
+        + "</div>"
+    )
 
 
 def _format_metric(key: str, value: Any) -> str:
@@ -223,9 +238,11 @@ def _format_metric(key: str, value: Any) -> str:
 
 def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
     """An HTML table of already-escaped cells; columns from numeric_from on are right-aligned."""
-    head = "".join(f'<th{" class=num" if i >= numeric_from else ""}>{cell}</th>' for i, cell in enumerate(header))
+    head = "".join(f"<th{' class=num' if i >= numeric_from else ''}>{cell}</th>" for i, cell in enumerate(header))
     body = "".join(
-        "<tr>" + "".join(f'<td{" class=num" if i >= numeric_from else ""}>{cell}</td>' for i, cell in enumerate(row)) + "</tr>"
+        "<tr>"
+        + "".join(f"<td{' class=num' if i >= numeric_from else ''}>{cell}</td>" for i, cell in enumerate(row))
+        + "</tr>"
         for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -246,8 +263,16 @@ def _per_class_table(evaluation: dict, classes: tuple[str, ...], noun: str = "di
         mistakes = np.where(np.arange(len(matrix)) == label, -1, matrix[label])
         worst = int(mistakes.argmax())
         confused = f"{_e(classes[worst])} ({matrix[label, worst]}\u00d7)" if mistakes[worst] > 0 else "\u2013"
-        rows.append([_e(classes[label]), f"{scores['precision'][label]:.2%}", f"{scores['recall'][label]:.2%}",
-                     f"{scores['f1'][label]:.4f}", f"{scores['support'][label]:,}", confused])
+        rows.append(
+            [
+                _e(classes[label]),
+                f"{scores['precision'][label]:.2%}",
+                f"{scores['recall'][label]:.2%}",
+                f"{scores['f1'][label]:.4f}",
+                f"{scores['support'][label]:,}",
+                confused,
+            ]
+        )
     rows.append(["<b>all</b>", "", f"<b>{evaluation['accuracy']:.2%}</b>", "", f"<b>{evaluation['n']:,}</b>", ""])
     table = _table([noun, "precision", "recall", "F1", "test images", "most often read as"], rows)
     return f"<h3>Scores per {noun}</h3>{table}"
@@ -268,7 +293,8 @@ def _config_table(config: TrainConfig) -> str:
 CSS = """
 :root { --ink: #1f2933; --muted: #616e7c; --line: #e4e7eb; --accent: #4c72b0; --bg: #f7f8fa; }
 * { box-sizing: border-box; }
-body { margin: 0; font: 16px/1.55 -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+body { margin: 0; font: 16px/1.55 -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, \
+"Helvetica Neue", Arial, sans-serif;
        color: var(--ink); background: var(--bg); }
 header, main, footer { max-width: 1180px; margin: 0 auto; padding: 0 24px; }
 header { padding-top: 28px; }

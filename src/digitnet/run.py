@@ -96,8 +96,11 @@ class RunDir:
         """RunInUse when another process is training in this folder: its files are not all written yet."""
         pid = self.holder()
         if pid is not None and pid != os.getpid():
-            raise RunInUse(f"{self.path}: a run is still training here ({describe_process(pid)}); "
-                           "wait for it to finish, or stop it (Ctrl-C) and continue it later with --resume", pid)
+            raise RunInUse(
+                f"{self.path}: a run is still training here ({describe_process(pid)}); "
+                "wait for it to finish, or stop it (Ctrl-C) and continue it later with --resume",
+                pid,
+            )
 
     @contextlib.contextmanager
     def claim(self) -> Iterator[None]:
@@ -108,8 +111,9 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise DigitnetError(f"cannot create the run folder {self.path}: {err.strerror or err}; "
-                                "choose another --out") from None
+            raise DigitnetError(
+                f"cannot create the run folder {self.path}: {err.strerror or err}; choose another --out"
+            ) from None
         key = self.path.resolve()
         if key in _claimed or fcntl is None:
             yield
@@ -120,8 +124,11 @@ class RunDir:
         except BlockingIOError:
             pid = _pid_in(fd)
             os.close(fd)
-            raise RunInUse(f"{self.path}: in use by {describe_process(pid)}, which is training in it; wait for it to end, "
-                           "or choose another folder", pid) from None
+            raise RunInUse(
+                f"{self.path}: in use by {describe_process(pid)}, which is training in it; wait for it to end, "
+                "or choose another folder",
+                pid,
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         _claimed[key] = fd
@@ -143,13 +150,17 @@ class RunDir:
             raise DigitnetError(f"{self.path}: is a file, not a folder; choose another --out")
         self.check_idle()
         if self.path.exists() and any(p.name not in (CONFIG, LOCK) for p in self.path.iterdir()):
-            raise DigitnetError(f"{self.path}: folder exists and is not empty; continue it with "
-                                f"--resume {self.path} or choose another --out")
+            raise DigitnetError(
+                f"{self.path}: folder exists and is not empty; continue it with "
+                f"--resume {self.path} or choose another --out"
+            )
 
     def check_resumable(self) -> None:
         """Refuse a --resume folder that holds no run, or that another process is training in."""
         if not self.file(CONFIG).is_file():
-            problem = "not a folder" if self.path.exists() and not self.path.is_dir() else "not a run folder (no config.json)"
+            problem = (
+                "not a folder" if self.path.exists() and not self.path.is_dir() else "not a run folder (no config.json)"
+            )
             raise DigitnetError(f"{self.path}: {problem}; give the folder a training run wrote")
         self.check_idle()
 
@@ -161,8 +172,10 @@ class RunDir:
         self.check_idle()
         missing = [name for name in FINISHED if not self.file(name).is_file()]
         if missing:
-            raise DigitnetError(f"{self.path}: not a finished run folder, missing {', '.join(missing)}"
-                                f"{self._unfinished_hint()}; give a folder that `digitnet train` completed")
+            raise DigitnetError(
+                f"{self.path}: not a finished run folder, missing {', '.join(missing)}"
+                f"{self._unfinished_hint()}; give a folder that `digitnet train` completed"
+            )
 
     def _unfinished_hint(self) -> str:
         if self.file(CHECKPOINT).is_file() or self.file(PREVIOUS_CHECKPOINT).is_file():
@@ -173,8 +186,9 @@ class RunDir:
         """The folder's model.keras, once no process is writing the run; a DigitnetError saying what is wrong."""
         self.check_idle()
         if not self.file(MODEL).is_file():
-            raise DigitnetError(f"model: {self.path} is a folder without {MODEL}{self._unfinished_hint()}; "
-                                "give a training run folder")
+            raise DigitnetError(
+                f"model: {self.path} is a folder without {MODEL}{self._unfinished_hint()}; give a training run folder"
+            )
         return self.file(MODEL)
 
     # ------------------------------------------------------------ records
@@ -199,8 +213,10 @@ class RunDir:
         path = self.file(HISTORY)
         try:
             with open(path, newline="") as handle:
-                return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
-                        for row in csv.DictReader(handle)]
+                return [
+                    {k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
+                    for row in csv.DictReader(handle)
+                ]
         except (OSError, ValueError, TypeError, KeyError) as err:
             raise DigitnetError(f"{path}: unreadable history ({err}); retrain the run or restore the file") from None
 
@@ -238,8 +254,9 @@ class RunDir:
         """
         import numpy as np  # here: a sweep's worker reads this module before it sets NumPy's thread count
 
-        arrays = {f"{group}_{i}": np.asarray(a) for group, values in zip(STATE_GROUPS, groups)
-                  for i, a in enumerate(values)}
+        arrays = {
+            f"{group}_{i}": np.asarray(a) for group, values in zip(STATE_GROUPS, groups) for i, a in enumerate(values)
+        }
 
         def write(tmp: Path) -> None:
             np.savez(tmp, epoch=epoch, **arrays)
@@ -261,8 +278,9 @@ class RunDir:
         for path in candidates:
             try:
                 with np.load(path) as saved:
-                    groups = tuple([np.asarray(saved[f"{group}_{i}"]) for i in range(n)]
-                                   for group, n in zip(STATE_GROUPS, sizes))
+                    groups = tuple(
+                        [np.asarray(saved[f"{group}_{i}"]) for i in range(n)] for group, n in zip(STATE_GROUPS, sizes)
+                    )
                     epoch = int(saved["epoch"])
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
                 problems.append(f"{path.name} is damaged ({_first_line(err)})")

@@ -15,6 +15,7 @@ as to_mnist frames a digit alone. Digits that touch are not split: they come as 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,8 @@ from PIL import Image
 from scipy import ndimage
 
 from digitnet.framing import frame_digit
-from digitnet.preprocess import ink_map
+from digitnet.images import decode
+from digitnet.preprocess import ink_map, no_digit
 
 STROKE_LEVEL = 0.5  # ink above this (of 1) makes the pieces; the fainter rims join the piece nearest to them
 OVERLAP = 0.5  # pieces are one digit when their columns overlap by this share of the narrower one's width
@@ -40,32 +42,56 @@ class Digit:
     """One digit of a number: its MNIST-style input and where it stands in the image."""
 
     pixels: np.ndarray  # (28, 28) float32 in [0, 1], white on black, as to_mnist gives for this digit alone
-    box: tuple[int, int, int, int]  # (left, top, right, bottom) of its ink in the image, pixels, right and bottom excluded
+    # (left, top, right, bottom) of its ink in the image, pixels, right and bottom excluded; None for a whole picture
+    box: tuple[int, int, int, int] | None
 
 
-def split_digits(image: Image.Image) -> list[Digit]:
+def read_digits(source: bytes | str | os.PathLike, *, one: bool = False) -> list[Digit]:
+    """The digits in an encoded image (bytes or a path), left to right; with `one`, the whole ink as one digit.
+
+    Raises ImageError for what cannot be read, and for an image with no ink: there is nothing to read in it.
+    """
+    image = decode(source)
+    if one:
+        ink = ink_map(image)
+        digits = [Digit(frame_digit(ink), _box(ink > 0, ink.shape, _size(image)))] if ink.any() else []
+    else:
+        digits = split_digits(image)
+    if not digits or not any(digit.pixels.any() for digit in digits):
+        raise no_digit(source)
+    return digits
+
+
+def split_digits(image: Image.Image | np.ndarray) -> list[Digit]:
     """The digits written side by side in an image, left to right; [] when it shows no ink.
 
     An image of one digit gives one Digit whose pixels are to_mnist's. Raises ImageError as to_mnist does.
+    Takes a Pillow image, or the 8-bit array that digitnet.images.decode gives for a plain PNG.
     """
+    size = _size(image)
     ink = ink_map(image)
     groups = _digit_groups(ink)
     if len(groups) <= 1 or not _a_row_of_digits(groups):  # the common case: the whole ink, as to_mnist frames it
-        return [Digit(frame_digit(ink), _box(ink > 0, ink.shape, image.size))] if ink.any() else []
+        return [Digit(frame_digit(ink), _box(ink > 0, ink.shape, size))] if ink.any() else []
     owner = np.where(ink > 0, _owners(ink, groups), 0)
-    return [Digit(frame_digit(np.where(owner == number, ink, 0.0).astype(np.float32)), _box(owner == number, ink.shape, image.size))
-            for number in range(1, len(groups) + 1)]
+    return [
+        Digit(
+            frame_digit(np.where(owner == number, ink, 0.0).astype(np.float32)), _box(owner == number, ink.shape, size)
+        )
+        for number in range(1, len(groups) + 1)
+    ]
 
 
 def _digit_groups(ink: np.ndarray) -> list[np.ndarray]:
-    """Label images of the strokes' pieces, joined into digits and sorted left to right: [labels == piece for each digit]."""
+    """Label images of the strokes' pieces, joined into digits and sorted left to right: [labels == piece for each
+    digit]."""
     strokes = ink > STROKE_LEVEL
     if not strokes.any():
         return []
     rows = np.flatnonzero(strokes.any(axis=1))
     # A thin pen's stroke breaks where it is faintest, cutting an "0" into two arcs: close such gaps first.
     bridge = max(1, round(BRIDGE * (rows[-1] - rows[0] + 1)))
-    closed = ndimage.binary_closing(strokes, structure=np.ones((2 * bridge + 1,) * 2, bool), border_value=0)
+    closed = _closed(strokes, bridge)
     labels, count = ndimage.label(closed | strokes, structure=np.ones((3, 3), bool))
     labels = np.where(strokes, labels, 0)
     columns = [(box[1].start, box[1].stop) for box in ndimage.find_objects(labels)]
@@ -80,6 +106,23 @@ def _digit_groups(ink: np.ndarray) -> list[np.ndarray]:
             digits.append([piece])
             spans.append((left, right))
     return _without_fragments([np.isin(labels, pieces) for pieces in digits], ink)
+
+
+def _closed(mask: np.ndarray, radius: int) -> np.ndarray:
+    """The mask closed by a square of side 2 * radius + 1 (nothing outside the image counts as ink).
+
+    Done with separable max and min filters on the box of the ink and a margin, not a 2-D structure over
+    the whole image: the ink is a small part of a canvas, and each window's work grows with its area.
+    """
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    margin = 2 * radius + 1
+    top, left = max(rows[0] - margin, 0), max(cols[0] - margin, 0)
+    box = (slice(top, rows[-1] + margin + 1), slice(left, cols[-1] + margin + 1))
+    size = 2 * radius + 1
+    grown = ndimage.maximum_filter(mask[box].astype(np.uint8), size=size, mode="constant", cval=0)
+    closed = np.zeros_like(mask)
+    closed[box] = ndimage.minimum_filter(grown, size=size, mode="constant", cval=0).astype(bool)
+    return closed
 
 
 def _a_row_of_digits(groups: list[np.ndarray]) -> bool:
@@ -121,9 +164,18 @@ def _owners(ink: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
     return strokes[tuple(nearest)]
 
 
+def _size(image: Image.Image | np.ndarray) -> tuple[int, int]:
+    """(width, height) of a Pillow image or of a decoded array."""
+    return (image.shape[1], image.shape[0]) if isinstance(image, np.ndarray) else image.size
+
+
 def _box(mask: np.ndarray, shape: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
     """The bounding box of a mask of the working copy, in the pixels of the image of size (width, height)."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     scale_x, scale_y = size[0] / shape[1], size[1] / shape[0]
-    return (int(cols[0] * scale_x), int(rows[0] * scale_y),
-            min(size[0], int(np.ceil((cols[-1] + 1) * scale_x))), min(size[1], int(np.ceil((rows[-1] + 1) * scale_y))))
+    return (
+        int(cols[0] * scale_x),
+        int(rows[0] * scale_y),
+        min(size[0], int(np.ceil((cols[-1] + 1) * scale_x))),
+        min(size[1], int(np.ceil((rows[-1] + 1) * scale_y))),
+    )

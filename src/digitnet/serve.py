@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any
 
 import anyio
 import jax
@@ -34,12 +34,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from digitnet.errors import DigitnetError
-from digitnet.machine import available_cores
+from digitnet.images import ImageError
 from digitnet.internals import uvicorn_hands_connections, uvicorn_protocol_factory
 from digitnet.interrupts import saves_on_ctrl_c
-from digitnet.predict import Predictor, encode_png, prediction
-from digitnet.preprocess import ImageError
+from digitnet.machine import available_cores
+from digitnet.predict import Predictor, encode_png, reading
 from digitnet.run import model_file
+from digitnet.segment import Digit
 
 # A 280x280 canvas PNG is 3-20 kB and a phone photo of a digit a few MB; anything larger is refused
 # before it is read, so one client cannot make the server hold much memory.
@@ -86,17 +87,18 @@ def create_app(predictor: Predictor, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
         return description
 
     @app.post("/predict")
-    async def predict(request: Request) -> JSONResponse:
-        """The class in an uploaded image or a canvas data URL, as `digitnet predict --json` gives it,
-        plus "preprocessed": the 28x28 image the network saw, as a PNG data URL."""
+    async def predict(request: Request, one_digit: bool = False) -> JSONResponse:
+        """The digits (or the piece of clothing) in an uploaded image or a canvas data URL, as `digitnet predict
+        --json` gives them, each with "preprocessed": the 28x28 image the network saw, as a PNG data URL.
+        `?one_digit=true` reads the image as one digit, without splitting its ink."""
         body = await read_body(request, max_body_bytes)
         name, data = await parse_image_request(request, body)
         # Drawings are small: reading them on the event loop saves the hand-off to a worker thread (about
         # 0.5 ms of CPU a request). A photo can take a second, so it goes to a worker thread instead and
         # the other clients are not kept waiting.
         if is_small_image(data):
-            return JSONResponse(await read_drawing(name, data))
-        result = await anyio.to_thread.run_sync(predict_image, predictor, name, data, limiter=photo_limiter)
+            return JSONResponse(await read_drawing(name, data, one_digit))
+        result = await anyio.to_thread.run_sync(predict_image, predictor, name, data, one_digit, limiter=photo_limiter)
         return JSONResponse(result)
 
     return app
@@ -190,12 +192,12 @@ class BatchedReader:
         self._predictor = predictor
         self._waiting: list[tuple[str, bytes, asyncio.Future]] = []
 
-    async def __call__(self, name: str, data: bytes) -> dict[str, Any]:
+    async def __call__(self, name: str, data: bytes, one_digit: bool = False) -> dict[str, Any]:
         """The /predict answer for one encoded drawing; HTTPException 422 if it cannot be read."""
         future = asyncio.get_running_loop().create_future()
         if not self._waiting:  # the first of this turn: the batch runs after the requests already ready
             future.get_loop().call_soon(self._run)
-        self._waiting.append((name, data, future))
+        self._waiting.append((name, data, one_digit, future))
         return await future
 
     def _run(self) -> None:
@@ -206,17 +208,18 @@ class BatchedReader:
             for *_, future in waiting:
                 settle(future, error=err)
 
-    def _read(self, waiting: list[tuple[str, bytes, asyncio.Future]]) -> None:
+    def _read(self, waiting: list[tuple[str, bytes, bool, asyncio.Future]]) -> None:
         readable = []
-        for name, data, future in waiting:
+        for name, data, one_digit, future in waiting:
             try:
-                readable.append((name, read_image(self._predictor, name, data), future))
+                readable.append((name, read_number(self._predictor, name, data, one_digit), future))
             except HTTPException as err:  # this drawing cannot be read: 422 for it alone
                 settle(future, error=err)
         if readable:
-            probabilities = self._predictor.predict_arrays(np.stack([image for _, image, _ in readable]))
-            for (name, image, future), result in zip(readable, probabilities):
-                settle(future, result=answer(name, image, result, self._predictor.classes))
+            digits = [digit for _, number, _ in readable for digit in number]
+            probabilities = iter(self._predictor.predict_arrays(np.stack([digit.pixels for digit in digits])))
+            for name, number, future in readable:
+                settle(future, result=answer(self._predictor, name, number, [next(probabilities) for _ in number]))
 
 
 def settle(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
@@ -229,10 +232,11 @@ def settle(future: asyncio.Future, result: Any = None, error: BaseException | No
         future.set_result(result)
 
 
-def read_image(predictor: Predictor, name: str, data: bytes) -> np.ndarray:
-    """The (28, 28) image the predictor's network reads of an encoded image; 422 if it cannot be read."""
+def read_number(predictor: Predictor, name: str, data: bytes, one_digit: bool = False) -> list[Digit]:
+    """The inputs of an encoded image as the predictor's network reads them (digits, left to right); 422 if it
+    cannot be read."""
     try:
-        return predictor.prepare(data)
+        return predictor.read(data, one_digit)
     except ImageError as err:
         raise HTTPException(422, f"{name}: {err}") from None
     except Exception as err:  # any other failure to decode arbitrary bytes is still the input's fault
@@ -240,17 +244,16 @@ def read_image(predictor: Predictor, name: str, data: bytes) -> np.ndarray:
         raise HTTPException(422, f"{name}: cannot read this image ({type(err).__name__})") from None
 
 
-def answer(name: str, image: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """The /predict answer: `digitnet predict --json`'s object, and the image the network saw as a PNG data URL."""
-    result = prediction(name, probabilities, classes)
-    result["preprocessed"] = "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
-    return result
+def answer(predictor: Predictor, name: str, digits: list[Digit], probabilities: list[np.ndarray]) -> dict[str, Any]:
+    """The /predict answer: `digitnet predict --json`'s object, with each digit's 28x28 image as a PNG data URL."""
+    urls = ["data:image/png;base64," + base64.b64encode(encode_png(digit.pixels)).decode("ascii") for digit in digits]
+    return reading(name, digits, probabilities, urls, predictor.classes, number=predictor.dataset != "fashion-mnist")
 
 
-def predict_image(predictor: Predictor, name: str, data: bytes) -> dict[str, Any]:
+def predict_image(predictor: Predictor, name: str, data: bytes, one_digit: bool = False) -> dict[str, Any]:
     """The /predict answer for one encoded image, computed on the calling thread (photos: a worker thread)."""
-    image = read_image(predictor, name, data)
-    return answer(name, image, predictor.predict_arrays(image[np.newaxis])[0], predictor.classes)
+    digits = read_number(predictor, name, data, one_digit)
+    return answer(predictor, name, digits, list(predictor.predict_arrays(np.stack([digit.pixels for digit in digits]))))
 
 
 async def internal_error(request: Request, err: Exception) -> JSONResponse:
@@ -266,7 +269,9 @@ def run_server(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 80
     if not 0 <= port <= 65535:
         raise DigitnetError(f"port: got {port}; allowed: 1 to 65535, or 0 for any free port")
     if workers > 1 and not hasattr(socket, "send_fds"):
-        raise DigitnetError("--workers above 1 needs Unix sockets that pass connections between processes; use --workers 1 here")
+        raise DigitnetError(
+            "--workers above 1 needs Unix sockets that pass connections between processes; use --workers 1 here"
+        )
     model_file(model)  # a missing model is one error here, not one per worker
     listener = listen_socket(host, port)  # bound before the model loads: a busy port fails fast
     port = listener.getsockname()[1]  # the one the system chose, for --port 0
@@ -300,11 +305,17 @@ def run_handing_workers(model: str | os.PathLike, listener: socket.socket, host:
         process.start()
     for _, theirs in channels:
         theirs.close()  # the worker has its own copy
-    print(f"digitnet: {workers} worker processes serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
+    print(
+        f"digitnet: {workers} worker processes serving on {url(host, port)} (Press CTRL+C to quit)",
+        file=sys.stderr,
+        flush=True,
+    )
     with listener:
         listener.listen(2048)  # uvicorn's default backlog
         listener.setblocking(False)
-        ended = hand_out_connections(listener, [ours for ours, _ in channels], [process.sentinel for process in processes])
+        ended = hand_out_connections(
+            listener, [ours for ours, _ in channels], [process.sentinel for process in processes]
+        )
     for ours, _ in channels:
         ours.close()  # a worker that reads the end of its channel stops taking connections
     end_workers(processes, ended)
@@ -315,10 +326,16 @@ def run_sharing_workers(model: str | os.PathLike, listener: socket.socket, host:
     context = multiprocessing.get_context("spawn")
     with listener:
         listener.listen(2048)
-        processes = [context.Process(target=serve_shared_socket, args=(os.fspath(model), listener)) for _ in range(workers)]
+        processes = [
+            context.Process(target=serve_shared_socket, args=(os.fspath(model), listener)) for _ in range(workers)
+        ]
         for process in processes:
             process.start()
-    print(f"digitnet: {workers} worker processes serving on {url(host, port)} (Press CTRL+C to quit)", file=sys.stderr, flush=True)
+    print(
+        f"digitnet: {workers} worker processes serving on {url(host, port)} (Press CTRL+C to quit)",
+        file=sys.stderr,
+        flush=True,
+    )
     end_workers(processes, hand_out_connections(None, [], [process.sentinel for process in processes]))
 
 
@@ -333,7 +350,9 @@ def end_workers(processes: list[multiprocessing.process.BaseProcess], ended: lis
         raise DigitnetError(f"a server worker stopped with exit code {failed[0]}; its message is above")
 
 
-def hand_out_connections(listener: socket.socket | None, channels: list[socket.socket], sentinels: list[int]) -> list[int]:
+def hand_out_connections(
+    listener: socket.socket | None, channels: list[socket.socket], sentinels: list[int]
+) -> list[int]:
     """Accept connections and pass each to the next worker's channel in turn, until a worker ends (its
     sentinels that are ready are returned) or Ctrl-C or SIGTERM arrives ([]). With no listener, only wait."""
     turn = itertools.cycle(channels)

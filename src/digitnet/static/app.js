@@ -1,7 +1,9 @@
 // The drawing page: strokes on a canvas, sent to POST /predict while drawing, answers shown as bars.
+// A number written as several digits comes back digit by digit: the page shows the number, one button per
+// digit, and the bars and the 28x28 image of the digit selected.
 "use strict";
 
-const PEN_WIDTH = 20; // px on the 280 px canvas: after scaling to MNIST's 20 px box, about MNIST's 2 px pen
+const PEN_WIDTH = 20; // px on the 280 px tall canvas: after scaling to MNIST's 20 px box, about MNIST's 2 px pen
 const THROTTLE_MS = 100; // at most ten requests a second while the pen moves
 
 const canvas = document.getElementById("canvas");
@@ -11,6 +13,7 @@ const confidence = document.getElementById("confidence");
 const statusLine = document.getElementById("status");
 const preprocessed = document.getElementById("preprocessed");
 const result = document.querySelector(".result");
+const digitButtons = document.getElementById("digits");
 const bars = makeBars(document.getElementById("bars"));
 
 let drawing = false;
@@ -21,6 +24,8 @@ let inFlight = false;
 let pending = false;
 let lastSent = -Infinity;
 let timer = null;
+let shown = null; // the answer on screen
+let selected = 0; // which of its digits the bars show
 
 function makeBars(list) {
   // Ten rows, 0 to 9: label, bar, percentage.
@@ -151,9 +156,38 @@ async function sendDrawing() {
 
 function showResult(answer) {
   // answer: the /predict object, or null for an empty canvas.
+  shown = answer;
+  const digits = answer ? answer.digits ?? [answer] : []; // a photo of clothes is read whole: no digits
+  if (selected >= digits.length) selected = 0;
+  digit.textContent = answer ? answer.number ?? answer.class : "?";
+  if (!answer) confidence.textContent = "draw to begin";
+  else if (digits.length === 1) confidence.textContent = `${(100 * digits[0].probability).toFixed(1)}% sure`;
+  else {
+    const least = Math.min(...digits.map((d) => d.probability));
+    confidence.textContent = `${digits.length} digits · the least sure ${(100 * least).toFixed(1)}%`;
+  }
+  showDigitButtons(digits);
+  showDigit(digits.length ? digits[selected] : null);
+}
+
+function showDigitButtons(digits) {
+  // One button per digit of a number, to pick the digit the bars show; none for a single digit.
+  digitButtons.replaceChildren();
+  if (digits.length < 2) return;
+  digits.forEach((d, i) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = String(d.label);
+    button.setAttribute("aria-pressed", String(i === selected));
+    button.title = `digit ${i + 1}: ${d.label}, ${(100 * d.probability).toFixed(1)}% sure`;
+    button.addEventListener("click", () => { selected = i; showResult(shown); });
+    digitButtons.append(button);
+  });
+}
+
+function showDigit(answer) {
+  // The probabilities and the 28x28 input of one digit, or empty bars.
   const probabilities = answer ? answer.probabilities : new Array(10).fill(0);
-  digit.textContent = answer ? answer.class : "?";
-  confidence.textContent = answer ? `${(100 * answer.probability).toFixed(1)}% sure` : "draw to begin";
   bars.forEach(({ row, fill, value }, i) => {
     fill.style.width = `${(100 * probabilities[i]).toFixed(1)}%`;
     value.textContent = answer ? `${(100 * probabilities[i]).toFixed(1)}%` : "";
@@ -181,7 +215,7 @@ function showClothes(classes) {
   document.title = "digitnet: draw a piece of clothing";
   canvas.setAttribute("aria-label", "Drawing area: draw one piece of clothing with the mouse, a pen or a finger");
   document.getElementById("hint").textContent =
-    "Draw a piece of clothing (a T-shirt, trousers, a shoe, a bag...) filling the black square, light on black.";
+    "Draw a piece of clothing (a T-shirt, trousers, a shoe, a bag...) filling the black box, light on black.";
   document.getElementById("seen-caption").innerHTML =
     "What the network saw:<br>28&times;28 pixels, fitted like Fashion-MNIST";
   digit.style.fontSize = "2rem"; // a name, not a single digit

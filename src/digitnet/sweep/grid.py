@@ -10,7 +10,6 @@ from typing import Any, Iterable, Sequence
 
 from digitnet.config import ACTIVATIONS, MAX_SEED, ConfigError, TrainConfig
 from digitnet.files import write_atomic
-from digitnet.sweep.stats import counted
 
 N_PIXELS, N_CLASSES = 28 * 28, 10  # as in digitnet.model, which imports JAX
 
@@ -32,8 +31,9 @@ class Trial:
 
     def config(self, base: TrainConfig) -> TrainConfig:
         """The base config with this trial's network, descent and seed."""
-        return base.replace(hidden=(self.width,) * self.depth, activation=(self.activation,),
-                            batch_size=self.batch_size, seed=self.seed)
+        return base.replace(
+            hidden=(self.width,) * self.depth, activation=(self.activation,), batch_size=self.batch_size, seed=self.seed
+        )
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,9 @@ class SweepConfig:
     activations: tuple[str, ...] = ()  # empty: the base config's activation
     batch_sizes: tuple[int | str, ...] = ()  # empty: the base config's batch size; "full" = batch descent
     seeds: tuple[int, ...] = (0, 1, 2)  # every cell is trained once per seed; mean and spread are over these
-    base: TrainConfig = field(default_factory=TrainConfig)  # all else; each trial sets hidden, activation, batch_size, seed
+    base: TrainConfig = field(
+        default_factory=TrainConfig
+    )  # all else; each trial sets hidden, activation, batch_size, seed
 
     def __post_init__(self) -> None:
         # Sorted and without repeats, so the same grid given in another order is the same sweep.
@@ -65,11 +67,19 @@ class SweepConfig:
     def trials(self) -> list[Trial]:
         """Every trial, cell by cell (activation, batch size, depth, width), seeds innermost."""
         grid = itertools.product(self.activations, self.batch_sizes, self.depths, self.widths, self.seeds)
-        return [Trial(width, depth, activation, batch_size, seed) for activation, batch_size, depth, width, seed in grid]
+        return [
+            Trial(width, depth, activation, batch_size, seed) for activation, batch_size, depth, width, seed in grid
+        ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"widths": list(self.widths), "depths": list(self.depths), "activations": list(self.activations),
-                "batch_sizes": list(self.batch_sizes), "seeds": list(self.seeds), "base": self.base.to_dict()}
+        return {
+            "widths": list(self.widths),
+            "depths": list(self.depths),
+            "activations": list(self.activations),
+            "batch_sizes": list(self.batch_sizes),
+            "seeds": list(self.seeds),
+            "base": self.base.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SweepConfig":
@@ -92,7 +102,9 @@ class SweepConfig:
 def _whole_numbers(name: str, values: Iterable[Any]) -> list[int]:
     values = list(values)
     low, high = (0, MAX_SEED) if name == "seeds" else (1, None)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high) for v in values):
+    if not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high) for v in values
+    ):
         allowed = f"whole numbers from {low} to {high}" if high is not None else f"whole numbers >= {low}"
         raise ConfigError(f"{name}: got {values}; allowed: {allowed}")
     return values

@@ -21,8 +21,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
-from digitnet.config import ConfigError, TrainConfig
+from digitnet.config import N_TRAIN, ConfigError, TrainConfig
 from digitnet.errors import DigitnetError
+from digitnet.machine import side_by_side, use_cores
 from digitnet.run import CONFIG, LOCK, RunDir, RunInUse, describe_process
 from digitnet.sweep.grid import Trial, largest_first
 from digitnet.sweep.store import TUNE_DIR, ResultsStore, run_dir
@@ -30,15 +31,21 @@ from digitnet.sweep.store import TUNE_DIR, ResultsStore, run_dir
 if TYPE_CHECKING:
     from digitnet.data import Mnist
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 Take = Callable[[dict], None]
 
 
 # ---------------------------------------------------------------- one trial
 
 
-def run_trial(trial: Trial, base: TrainConfig, sweep_dir: Path, *, data: Mnist | None = None,
-              data_dir: str | Path | None = None, record: bool = True) -> dict:
+def run_trial(
+    trial: Trial,
+    base: TrainConfig,
+    sweep_dir: Path,
+    *,
+    data: Mnist | None = None,
+    data_dir: str | Path | None = None,
+    record: bool = True,
+) -> dict:
     """Train one trial into SWEEP_DIR/runs/<trial-id>, continuing a half-finished folder; return its results row.
 
     The trial's run folder is held by this process from before it checks results.csv until its row is written
@@ -55,8 +62,9 @@ def run_trial(trial: Trial, base: TrainConfig, sweep_dir: Path, *, data: Mnist |
         if trial.trial_id in store.finished():
             raise RunInUse("finished by another process")
         started = time.perf_counter()
-        metrics = train_and_evaluate(config, out_dir, data=data, data_dir=data_dir, resume=resumable(out_dir, config),
-                                     log=lambda _: None)
+        metrics = train_and_evaluate(
+            config, out_dir, data=data, data_dir=data_dir, resume=resumable(out_dir, config), log=lambda _: None
+        )
         row = result_row(trial, metrics, time.perf_counter() - started)
         if record:
             store.append(row)
@@ -82,12 +90,22 @@ def resumable(out_dir: Path, config: TrainConfig) -> bool:
 
 def result_row(trial: Trial, metrics: dict, wall_seconds: float) -> dict:
     """One line of results.csv from a trial and the metrics `train_and_evaluate` returned."""
-    return {"trial_id": trial.trial_id, "width": trial.width, "depth": trial.depth, "activation": trial.activation,
-            "batch_size": trial.batch_size, "seed": trial.seed, "params": metrics["params"],
-            "val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"],
-            "test_loss": metrics["test_loss"], "train_seconds": round(metrics["train_seconds"], 3),
-            "compile_seconds": round(metrics["compile_seconds"], 3), "epochs": metrics["epochs"],
-            "wall_seconds": round(wall_seconds, 3)}
+    return {
+        "trial_id": trial.trial_id,
+        "width": trial.width,
+        "depth": trial.depth,
+        "activation": trial.activation,
+        "batch_size": trial.batch_size,
+        "seed": trial.seed,
+        "params": metrics["params"],
+        "val_accuracy": metrics["val_accuracy"],
+        "test_accuracy": metrics["test_accuracy"],
+        "test_loss": metrics["test_loss"],
+        "train_seconds": round(metrics["train_seconds"], 3),
+        "compile_seconds": round(metrics["compile_seconds"], 3),
+        "epochs": metrics["epochs"],
+        "wall_seconds": round(wall_seconds, 3),
+    }
 
 
 def attempt_trial(trial: Trial, base: TrainConfig, sweep_dir: Path, data: Mnist | None, record: bool = True) -> dict:
@@ -149,23 +167,18 @@ def core_shares(workers: int, cores: Sequence[int] | None = None) -> list[set[in
 
 
 def pin_to_cores(cores: set[int]) -> None:
-    """Keep this process to `cores`, and the thread pools its libraries start from now on to as many threads.
-
-    XLA sizes its CPU thread pool from the affinity mask when JAX's backend starts, so the mask is what limits
-    JAX; the variables do the same for OpenMP and OpenBLAS, which read them when they load.
-    """
-    os.sched_setaffinity(0, cores)
-    for name in THREAD_VARIABLES:
-        os.environ[name] = str(len(cores))
+    """Keep this process, and the thread pools its libraries start from now on, to `cores` (see digitnet.machine)."""
+    use_cores(cores)
 
 
 def _init_worker(shares: Any, dataset: str, data_dir: str | None) -> None:
-    """Start a worker process: take a share of the cores, then read the data once for all its trials."""
+    """Start a worker process: take a share of the cores (before JAX loads), then read the data once for all its
+    trials."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the whole pool
     try:
-        pin_to_cores(shares.get(timeout=10))
+        use_cores(shares.get(timeout=10))
     except queue.Empty:
-        pass  # a worker started to replace a crashed one finds no share left and uses all cores
+        use_cores()  # a worker started to replace a crashed one finds no share left and uses all cores
     load_data(dataset, data_dir)
 
 
@@ -177,15 +190,15 @@ def _pool_trial(task: tuple[Trial, TrainConfig, str, str | None]) -> dict:
 class LocalPool:
     """Trials in `workers` processes of this machine, each pinned to its share of the cores."""
 
-    def __init__(self, workers: int, data_dir: str | None) -> None:
-        self.workers, self.data_dir = workers, data_dir
+    def __init__(self, workers: int, data_dir: str | None, cores: Sequence[int] | None = None) -> None:
+        self.workers, self.data_dir, self.cores = workers, data_dir, cores
         self.where = f"in {workers} worker processes"
 
     def run(self, trials: Sequence[Trial], base: TrainConfig, sweep_dir: Path, take: Take) -> None:
         # Spawn, not fork: a forked child would inherit a copy of JAX's threads and locks mid-flight.
         context = multiprocessing.get_context("spawn")
         shares = context.Queue()
-        for share in core_shares(self.workers):
+        for share in core_shares(self.workers, self.cores):
             shares.put(share)
         tasks = [(trial, base, str(sweep_dir), self.data_dir) for trial in largest_first(trials)]
         # Leaving the block terminates the workers, on Ctrl-C too; a half-trained trial resumes from its checkpoint.
@@ -193,6 +206,36 @@ class LocalPool:
         with context.Pool(self.workers, initializer=_init_worker, initargs=initargs) as pool:
             for outcome in pool.imap_unordered(_pool_trial, tasks):
                 take(outcome)
+
+
+class ByThreads:
+    """The default: each trial trained the fastest way this machine allows (digitnet.machine).
+
+    Trials whose training step is small train fastest on one thread, so they run side by side, one worker per
+    core; trials whose products gain from every core run one at a time, in a worker that has all the cores.
+    """
+
+    def __init__(self, data_dir: str | None) -> None:
+        self.data_dir = data_dir
+        self.cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+        self.where = f"side by side on {len(self.cores)} cores, or alone on all of them where that is faster"
+
+    def split(self, trials: Sequence[Trial], base: TrainConfig) -> tuple[list[Trial], list[Trial]]:
+        """(trials to run side by side, trials to run alone)."""
+        apart, alone = [], []
+        for trial in trials:
+            config = trial.config(base)
+            batch = config.resolve_batch_size(config.train_size or N_TRAIN - config.val_size)
+            (apart if side_by_side(config.hidden, batch, len(self.cores)) else alone).append(trial)
+        return apart, alone
+
+    def run(self, trials: Sequence[Trial], base: TrainConfig, sweep_dir: Path, take: Take) -> None:
+        apart, alone = self.split(trials, base)
+        if alone:
+            LocalPool(1, self.data_dir, self.cores).run(alone, base, sweep_dir, take)
+        if apart:
+            workers = min(len(self.cores), len(apart))
+            LocalPool(workers, self.data_dir, self.cores).run(apart, base, sweep_dir, take)
 
 
 # ---------------------------------------------------------------- Ray Tune
@@ -219,8 +262,9 @@ def connect_ray(ray: Any, address: str, num_cpus: int | None) -> bool:
             ray.init(address=address, logging_level="warning")
     except (ConnectionError, RuntimeError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DigitnetError(f"--ray {address}: no Ray cluster there ({reason}); start one with `ray start --head`, "
-                            "or use --ray local") from None
+        raise DigitnetError(
+            f"--ray {address}: no Ray cluster there ({reason}); start one with `ray start --head`, or use --ray local"
+        ) from None
     return True
 
 
@@ -229,10 +273,13 @@ def _ray_trial(params: dict, *, base: dict, sweep_dir: str, data_dir: str | None
     from ray import tune
 
     config = TrainConfig.from_dict(base)
-    outcome = attempt_trial(Trial(**params["trial"]), config, Path(sweep_dir), load_data(config.dataset, data_dir),
-                            record=False)
+    outcome = attempt_trial(
+        Trial(**params["trial"]), config, Path(sweep_dir), load_data(config.dataset, data_dir), record=False
+    )
     # Tune puts its own trial_id into every result, so the row travels whole as one JSON string.
-    tune.report({"outcome": json.dumps(outcome), **{k: outcome[k] for k in ("val_accuracy", "test_accuracy") if k in outcome}})
+    tune.report(
+        {"outcome": json.dumps(outcome), **{k: outcome[k] for k in ("val_accuracy", "test_accuracy") if k in outcome}}
+    )
 
 
 def _tune_dirname(tune_trial: Any) -> str:
@@ -271,15 +318,20 @@ class RayTune:
         ray, tune = import_ray()
         started_here = connect_ray(ray, self.address, self.num_cpus)
         try:
-            trainable = tune.with_parameters(_ray_trial, base=base.to_dict(), sweep_dir=str(sweep_dir),
-                                             data_dir=self.data_dir)
+            trainable = tune.with_parameters(
+                _ray_trial, base=base.to_dict(), sweep_dir=str(sweep_dir), data_dir=self.data_dir
+            )
             tuner = tune.Tuner(
                 tune.with_resources(trainable, {"cpu": self.cpus_per_trial}),
                 param_space={"trial": tune.grid_search([vars(trial) for trial in largest_first(trials)])},
                 # Reused actors keep JAX loaded and the data read between trials.
                 tune_config=tune.TuneConfig(reuse_actors=True, trial_dirname_creator=_tune_dirname),
-                run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(sweep_dir), verbose=0,
-                                          callbacks=[_row_callback(tune, ResultsStore.of(sweep_dir), take)]),
+                run_config=tune.RunConfig(
+                    name=TUNE_DIR,
+                    storage_path=str(sweep_dir),
+                    verbose=0,
+                    callbacks=[_row_callback(tune, ResultsStore.of(sweep_dir), take)],
+                ),
             )
             tuner.fit()
         finally:

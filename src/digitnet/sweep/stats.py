@@ -25,7 +25,9 @@ def cell_table(rows: Sequence[dict]) -> list[dict]:
         groups.setdefault((row["activation"], row["batch_size"], row["depth"], row["width"]), []).append(row)
     cells = []
     for cell, members in sorted(groups.items(), key=lambda item: cell_sort_key(item[0])):
-        stats = dict(zip(("activation", "batch_size", "depth", "width"), cell), n=len(members), params=members[0]["params"])
+        stats = dict(
+            zip(("activation", "batch_size", "depth", "width"), cell), n=len(members), params=members[0]["params"]
+        )
         for metric in ("val_accuracy", "test_accuracy", "test_loss", "train_seconds"):
             values = [row[metric] for row in members]
             stats[metric] = statistics.fmean(values)
@@ -48,7 +50,8 @@ def cell_groups(cells: Sequence[dict]) -> dict[tuple, list[dict]]:
 
 
 def judged(cells: Iterable[dict]) -> bool:
-    """Whether every cell has the seeds a spread needs: a cell trained once has nothing to weigh a difference against."""
+    """Whether every cell has the seeds a spread needs: a cell trained once has nothing to weigh a difference
+    against."""
     return all(c["n"] >= MIN_SEEDS for c in cells)
 
 
@@ -60,7 +63,7 @@ def spread(a: dict, b: dict, metric: str = "test_accuracy") -> float:
 def width_gain_stop(by_width: Sequence[dict], metric: str = "test_accuracy") -> dict:
     """The narrowest cell that no wider cell beats by more than the seed spread: where more neurons stop paying."""
     for i, cell in enumerate(by_width):
-        if all(wider[metric] - cell[metric] <= spread(cell, wider, metric) for wider in by_width[i + 1:]):
+        if all(wider[metric] - cell[metric] <= spread(cell, wider, metric) for wider in by_width[i + 1 :]):
             return cell
     return by_width[-1]
 
@@ -75,7 +78,6 @@ def depth_verdict(by_depth: Sequence[dict], metric: str = "test_accuracy") -> tu
     if all(shallow[metric] - c[metric] > spread(shallow, c, metric) for c in deeper):
         return "hurt", best, gain
     return "within spread", best, gain
-
 
 
 def counted(n: int, noun: str) -> str:

@@ -26,8 +26,22 @@ except ImportError:  # not on Windows: there a sweep folder is not shared safely
 
 RESULTS_FILE, SWEEP_FILE, RUNS_DIR = "results.csv", "sweep.json", "runs"
 SUMMARY_FILE, PLOT_FILE, TUNE_DIR, LOCK = "summary.md", "sweep.png", "tune", ".lock"
-RESULT_COLUMNS = ("trial_id", "width", "depth", "activation", "batch_size", "seed", "params", "val_accuracy",
-                  "test_accuracy", "test_loss", "train_seconds", "compile_seconds", "epochs", "wall_seconds")
+RESULT_COLUMNS = (
+    "trial_id",
+    "width",
+    "depth",
+    "activation",
+    "batch_size",
+    "seed",
+    "params",
+    "val_accuracy",
+    "test_accuracy",
+    "test_loss",
+    "train_seconds",
+    "compile_seconds",
+    "epochs",
+    "wall_seconds",
+)
 INT_COLUMNS = ("width", "depth", "seed", "params", "epochs")
 TEXT_COLUMNS = ("trial_id", "activation")
 
@@ -51,10 +65,15 @@ def run_dir(sweep_dir: Path, trial: Trial) -> Path:
 def config_differences(saved: SweepConfig, given: SweepConfig) -> list[str]:
     """'field: saved X, given Y' for each setting two sweeps disagree on."""
     saved_dict, given_dict = saved.to_dict(), given.to_dict()
-    lines = [f"{k}: saved {saved_dict[k]}, given {given_dict[k]}" for k in saved_dict
-             if k != "base" and saved_dict[k] != given_dict[k]]
+    lines = [
+        f"{k}: saved {saved_dict[k]}, given {given_dict[k]}"
+        for k in saved_dict
+        if k != "base" and saved_dict[k] != given_dict[k]
+    ]
     base_saved, base_given = saved_dict["base"], given_dict["base"]
-    lines += [f"{k}: saved {base_saved[k]!r}, given {base_given[k]!r}" for k in base_saved if base_saved[k] != base_given[k]]
+    lines += [
+        f"{k}: saved {base_saved[k]!r}, given {base_given[k]!r}" for k in base_saved if base_saved[k] != base_given[k]
+    ]
     return lines
 
 
@@ -65,7 +84,9 @@ def prepare_sweep_dir(sweep_dir: Path, sweep: SweepConfig) -> None:
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DigitnetError(f"cannot create the sweep folder {sweep_dir}: {err.strerror or err}; give another folder") from None
+        raise DigitnetError(
+            f"cannot create the sweep folder {sweep_dir}: {err.strerror or err}; give another folder"
+        ) from None
     with locked(sweep_dir / LOCK):  # two sweeps started at once: one writes sweep.json, the other checks it
         saved_path = sweep_dir / SWEEP_FILE
         if saved_path.is_file():
@@ -73,7 +94,8 @@ def prepare_sweep_dir(sweep_dir: Path, sweep: SweepConfig) -> None:
             if differences:
                 raise DigitnetError(
                     f"{sweep_dir} holds another sweep ({'; '.join(differences)}); continue it with "
-                    f"`digitnet sweep {sweep_dir} --resume`, or give another folder")
+                    f"`digitnet sweep {sweep_dir} --resume`, or give another folder"
+                )
             return
         if (sweep_dir / RESULTS_FILE).exists():
             raise DigitnetError(f"{sweep_dir} has {RESULTS_FILE} but no {SWEEP_FILE}; give another folder")
@@ -129,7 +151,9 @@ class ResultsStore:
         with open(self.path, newline="") as handle:
             reader = csv.DictReader(handle)
             if reader.fieldnames and tuple(reader.fieldnames) != RESULT_COLUMNS:
-                raise DigitnetError(f"{self.path}: columns {reader.fieldnames} are not a sweep's ({', '.join(RESULT_COLUMNS)})")
+                raise DigitnetError(
+                    f"{self.path}: columns {reader.fieldnames} are not a sweep's ({', '.join(RESULT_COLUMNS)})"
+                )
             rows: dict[str, dict] = {}
             for row in reader:
                 if None not in row.values() and row["trial_id"] not in rows:  # a torn last line has too few fields
