@@ -162,6 +162,7 @@ def test_the_report_and_its_pictures_name_the_classes(tmp_path, fashion, drawn):
     assert "true class" in drawn["confusion.png"] and "class" in drawn["per_class.png"]
     mistakes = " ".join(drawn["errors.png"])
     assert "true: " in mistakes and "read as: " in mistakes and any(name in mistakes for name in CLASSES)
+    assert "most confident mistakes, of " in mistakes and "p(true): to the true class" in mistakes
 
 
 def test_mnist_pictures_keep_their_digits(tmp_path, drawn):

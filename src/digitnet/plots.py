@@ -303,7 +303,8 @@ def plot_errors(
     confidence = probs[wrong, predicted[wrong]]
     worst = wrong[np.argsort(-confidence, kind="stable")][:n]
     rows = max(1, -(-len(worst) // cols))
-    fig = Figure(figsize=(2.3 * cols, 2.3 * rows + 0.7), dpi=DPI)
+    row_height = 2.3 if noun == "digit" else 2.6  # named classes take a third line of title per image
+    fig = Figure(figsize=(2.3 * cols, row_height * rows + 0.7), dpi=DPI)
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -325,11 +326,13 @@ def plot_errors(
         axes.flat[0].text(
             0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14, transform=axes.flat[0].transAxes
         )
-    fig.suptitle(
-        f"The {len(worst)} most confident mistakes, of {len(wrong):,} among {len(labels):,} test images\n"
+    legend = (
         "p(d): the probability the model gave to digit d"
         if noun == "digit"
-        else "p: the probability the model gave to its answer; p(true): to the true class",
+        else "p: the probability the model gave to its answer; p(true): to the true class"
+    )
+    fig.suptitle(
+        f"The {len(worst)} most confident mistakes, of {len(wrong):,} among {len(labels):,} test images\n{legend}",
         fontsize=12,
     )
     return _save(fig, path)
