@@ -395,7 +395,9 @@ def test_cli_sweep_end_to_end(tmp_path, mnist_dir):
 
     done = digitnet(*flags)
     assert done.returncode == 0, done.stderr
-    assert "2/2  w8-d1-relu-b128-s1" in done.stdout
+    # Both seeds' lines, numbered as they ended: the trials run side by side, so either may end last.
+    assert "1/2  w8-d1-relu-b128-s" in done.stdout and "2/2  w8-d1-relu-b128-s" in done.stdout
+    assert "w8-d1-relu-b128-s0" in done.stdout and "w8-d1-relu-b128-s1" in done.stdout
     assert {"results.csv", "sweep.json", "sweep.png", "summary.md", "runs"} <= {p.name for p in tmp_path.iterdir()}
     again = digitnet("--resume")
     assert again.returncode == 0 and "2 finished before, 0 to run" in again.stdout
