@@ -426,7 +426,7 @@ class CountingPredictor:
 
     def __init__(self, predictor: Predictor, error: Exception | None = None) -> None:
         self.predictor, self.error, self.batches = predictor, error, []
-        self.read, self.classes, self.dataset = predictor.read, predictor.classes, predictor.dataset
+        self.read, self.classes, self.reads_numbers = predictor.read, predictor.classes, predictor.reads_numbers
 
     def predict_arrays(self, x: np.ndarray) -> np.ndarray:
         self.batches.append(len(x))

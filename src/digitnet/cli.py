@@ -20,7 +20,6 @@ from digitnet.config import (
     ACTIVATIONS,
     AUGMENTATIONS,
     MAX_SEED,
-    N_TRAIN,
     ConfigError,
     TrainConfig,
     describe_recipe,
@@ -172,8 +171,7 @@ def train(
 
 def run_threads(config: TrainConfig) -> int:
     """The threads a run of this config trains fastest with here (see digitnet.machine)."""
-    n_train = config.train_size or N_TRAIN - config.val_size
-    return threads_for(config.hidden, config.resolve_batch_size(n_train))
+    return threads_for(config.hidden, config.training_batch_size())
 
 
 @app.command()

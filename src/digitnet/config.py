@@ -113,6 +113,11 @@ class TrainConfig:
         """The activation of each hidden layer."""
         return self.activation * len(self.hidden) if len(self.activation) == 1 else self.activation
 
+    def training_batch_size(self) -> int:
+        """Samples per update of a run of this config: its training split is all that validation leaves, or
+        train_size."""
+        return self.resolve_batch_size(self.train_size or N_TRAIN - self.val_size)
+
     def resolve_batch_size(self, n_train: int) -> int:
         """Samples per update: the whole training split for batch descent, else at most all of it."""
         return n_train if self.batch_size == FULL_BATCH else min(int(self.batch_size), n_train)

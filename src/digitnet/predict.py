@@ -71,9 +71,14 @@ class Predictor:
     def read(self, source: str | os.PathLike | bytes, one_digit: bool = False) -> list[Digit]:
         """The inputs in an image, each as the network reads it: the digits of a number, left to right (with
         `one_digit`, the whole ink as one), or a photo of clothes, whole. ImageError if it cannot be read."""
-        if self.dataset == "fashion-mnist":
+        if not self.reads_numbers:
             return [Digit(prepare_clothing(source), None)]
         return read_digits(source, one=one_digit)
+
+    @property
+    def reads_numbers(self) -> bool:
+        """Whether an image may hold several inputs read left to right (digits), not one whole picture (clothes)."""
+        return self.dataset != "fashion-mnist"
 
     @property
     def note(self) -> str | None:
@@ -138,7 +143,7 @@ class Predictor:
                     [next(probabilities) for _ in range(count)],
                     paths,
                     self.classes,
-                    number=self.dataset != "fashion-mnist",
+                    number=self.reads_numbers,
                 )
             )
         return results

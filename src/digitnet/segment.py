@@ -52,11 +52,7 @@ def read_digits(source: bytes | str | os.PathLike, *, one: bool = False) -> list
     Raises ImageError for what cannot be read, and for an image with no ink: there is nothing to read in it.
     """
     image = decode(source)
-    if one:
-        ink = ink_map(image)
-        digits = [Digit(frame_digit(ink), _box(ink > 0, ink.shape, _size(image)))] if ink.any() else []
-    else:
-        digits = split_digits(image)
+    digits = _whole(ink_map(image), _size(image)) if one else split_digits(image)
     if not digits or not any(digit.pixels.any() for digit in digits):
         raise no_digit(source)
     return digits
@@ -72,7 +68,7 @@ def split_digits(image: Image.Image | np.ndarray) -> list[Digit]:
     ink = ink_map(image)
     groups = _digit_groups(ink)
     if len(groups) <= 1 or not _a_row_of_digits(groups):  # the common case: the whole ink, as to_mnist frames it
-        return [Digit(frame_digit(ink), _box(ink > 0, ink.shape, size))] if ink.any() else []
+        return _whole(ink, size)
     owner = np.where(ink > 0, _owners(ink, groups), 0)
     return [
         Digit(
@@ -80,6 +76,11 @@ def split_digits(image: Image.Image | np.ndarray) -> list[Digit]:
         )
         for number in range(1, len(groups) + 1)
     ]
+
+
+def _whole(ink: np.ndarray, size: tuple[int, int]) -> list[Digit]:
+    """All the ink as one digit, framed as to_mnist frames it; [] when there is none."""
+    return [Digit(frame_digit(ink), _box(ink > 0, ink.shape, size))] if ink.any() else []
 
 
 def _digit_groups(ink: np.ndarray) -> list[np.ndarray]:

@@ -247,7 +247,7 @@ def read_number(predictor: Predictor, name: str, data: bytes, one_digit: bool = 
 def answer(predictor: Predictor, name: str, digits: list[Digit], probabilities: list[np.ndarray]) -> dict[str, Any]:
     """The /predict answer: `digitnet predict --json`'s object, with each digit's 28x28 image as a PNG data URL."""
     urls = ["data:image/png;base64," + base64.b64encode(encode_png(digit.pixels)).decode("ascii") for digit in digits]
-    return reading(name, digits, probabilities, urls, predictor.classes, number=predictor.dataset != "fashion-mnist")
+    return reading(name, digits, probabilities, urls, predictor.classes, number=predictor.reads_numbers)
 
 
 def predict_image(predictor: Predictor, name: str, data: bytes, one_digit: bool = False) -> dict[str, Any]:

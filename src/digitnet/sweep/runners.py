@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
-from digitnet.config import N_TRAIN, ConfigError, TrainConfig
+from digitnet.config import ConfigError, TrainConfig
 from digitnet.errors import DigitnetError
 from digitnet.machine import side_by_side, use_cores
 from digitnet.run import CONFIG, LOCK, RunDir, RunInUse, describe_process
@@ -225,8 +225,8 @@ class ByThreads:
         apart, alone = [], []
         for trial in trials:
             config = trial.config(base)
-            batch = config.resolve_batch_size(config.train_size or N_TRAIN - config.val_size)
-            (apart if side_by_side(config.hidden, batch, len(self.cores)) else alone).append(trial)
+            together = side_by_side(config.hidden, config.training_batch_size(), len(self.cores))
+            (apart if together else alone).append(trial)
         return apart, alone
 
     def run(self, trials: Sequence[Trial], base: TrainConfig, sweep_dir: Path, take: Take) -> None:
